@@ -1,0 +1,178 @@
+"""The one error hierarchy of peerline.
+
+Every error says *whose fault it is* and carries a stable, machine-readable ``code``:
+
+- ``fault == "local"``: the caller misused an API or the user gave bad input (fix the call).
+- ``fault == "remote"``: a peer or a file sent something invalid (drop the connection/input).
+- ``fault == "environment"``: the machine failed us (disk full, network unreachable, timeout).
+
+Codes are dotted strings (``"wire.frame_too_large"``) and are part of the protocol contract:
+they are listed in README's Protocol section and never reused for a different meaning. A class
+has a default code; a raise site may pass a more specific code of the same family.
+
+Foreign exceptions (nacl, msgpack, aioquic, aiosqlite, zeroconf, kademlia) are translated into
+these at the one module that calls the library. Messages never contain secret material.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+Fault = Literal["local", "remote", "environment"]
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigError",
+    "CryptoError",
+    "DecryptionError",
+    "DialError",
+    "Fault",
+    "IdentityExistsError",
+    "InvalidKeyError",
+    "InvalidSignatureError",
+    "LimitExceededError",
+    "LocalProtocolError",
+    "NotFoundError",
+    "OperationTimeoutError",
+    "PeerlineError",
+    "RemoteProtocolError",
+    "StorageError",
+    "StorageFullError",
+    "UsageError",
+    "WrongPassphraseError",
+]
+
+
+class PeerlineError(Exception):
+    """Root of every error peerline raises on purpose.
+
+    ``code`` is stable across releases; ``fault`` says who must act. ``str(err)`` is a one-line,
+    human-readable message with no secrets in it.
+    """
+
+    default_code: ClassVar[str] = "error"
+    fault: ClassVar[Fault] = "local"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+    def to_dict(self) -> dict[str, str]:
+        """The JSON shape errors take on the CLI (``--json``) and the control socket."""
+        return {"error": self.code, "fault": self.fault, "message": self.message}
+
+
+class LocalProtocolError(PeerlineError):
+    """The local caller used an API or a state machine wrongly (a bug or bad user input)."""
+
+    default_code = "local.misuse"
+    fault = "local"
+
+
+class UsageError(LocalProtocolError):
+    """Bad user input on the CLI or control socket: reported in one line, nothing changed."""
+
+    default_code = "usage.invalid"
+
+
+class NotFoundError(LocalProtocolError):
+    """A named thing (peer, alias, conversation, group) does not exist."""
+
+    default_code = "usage.not_found"
+
+
+class IdentityExistsError(LocalProtocolError):
+    """``init`` refuses to overwrite an existing identity."""
+
+    default_code = "identity.exists"
+
+
+class ConfigError(LocalProtocolError):
+    """A configuration file or option is invalid."""
+
+    default_code = "config.invalid"
+
+
+class RemoteProtocolError(PeerlineError):
+    """A peer (or a file written by one) sent bytes that violate the protocol.
+
+    The right reaction is to drop that input and, on a connection, close it with this code.
+    """
+
+    default_code = "remote.malformed"
+    fault = "remote"
+
+
+class AuthenticationError(RemoteProtocolError):
+    """A peer failed to prove the identity it claims (pin mismatch, bad proof, replay)."""
+
+    default_code = "auth.failed"
+
+
+class LimitExceededError(RemoteProtocolError):
+    """A peer exceeded a configured limit (frame size, streams, rate, quota)."""
+
+    default_code = "limit.exceeded"
+
+
+class CryptoError(PeerlineError):
+    """Base of the cryptographic failures. Usually caused by invalid input from outside."""
+
+    default_code = "crypto.failed"
+    fault = "remote"
+
+
+class InvalidSignatureError(CryptoError):
+    """A signature does not verify for this key, message and domain."""
+
+    default_code = "crypto.bad_signature"
+
+
+class DecryptionError(CryptoError):
+    """An AEAD ciphertext failed authentication (tampered, wrong key, wrong nonce or AD)."""
+
+    default_code = "crypto.decrypt_failed"
+
+
+class InvalidKeyError(CryptoError):
+    """A public key is malformed or weak (wrong length, low-order X25519 point)."""
+
+    default_code = "crypto.bad_key"
+
+
+class WrongPassphraseError(CryptoError):
+    """The passphrase does not open the key file."""
+
+    default_code = "identity.wrong_passphrase"
+    fault = "local"
+
+
+class StorageError(PeerlineError):
+    """The local database failed (I/O error, corruption, locked)."""
+
+    default_code = "storage.failed"
+    fault = "environment"
+
+
+class StorageFullError(StorageError):
+    """The disk holding the store is full: the write was not made, nothing was lost."""
+
+    default_code = "storage.full"
+
+
+class DialError(PeerlineError):
+    """A peer could not be reached (no address, unreachable, refused, handshake timeout)."""
+
+    default_code = "dial.failed"
+    fault = "environment"
+
+
+class OperationTimeoutError(PeerlineError):
+    """A network operation did not complete in its time budget."""
+
+    default_code = "timeout"
+    fault = "environment"
