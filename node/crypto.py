@@ -90,7 +90,9 @@ def _require_bytes(value: object, size: int | None, what: str) -> bytes:
 def _domain_prefixed(domain: str, message: bytes) -> bytes:
     """The exact bytes signed: ``len(domain) || domain || message`` (domain is ASCII)."""
     if not domain or not domain.isascii() or len(domain) > _MAX_DOMAIN:
-        raise LocalProtocolError("signature domain must be 1..255 ASCII chars", code="crypto.bad_domain")
+        raise LocalProtocolError(
+            "signature domain must be 1..255 ASCII chars", code="crypto.bad_domain"
+        )
     encoded = domain.encode("ascii")
     return bytes([len(encoded)]) + encoded + message
 
@@ -252,7 +254,9 @@ def blake2b(data: bytes, *, size: int = 32, key: bytes = b"", person: bytes = b"
     """BLAKE2b (stdlib). ``person`` (<= 16 bytes) separates domains; ``key`` makes it a MAC."""
     if not 1 <= size <= 64 or len(key) > 64 or len(person) > 16:
         raise LocalProtocolError("bad BLAKE2b parameters", code="crypto.bad_argument")
-    return hashlib.blake2b(bytes(data), digest_size=size, key=bytes(key), person=bytes(person)).digest()
+    return hashlib.blake2b(
+        bytes(data), digest_size=size, key=bytes(key), person=bytes(person)
+    ).digest()
 
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
@@ -300,9 +304,9 @@ class Argon2Params:
         return f"Argon2Params(opslimit={self.opslimit}, memlimit={self.memlimit})"
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, Argon2Params)
-            and (self.opslimit, self.memlimit) == (other.opslimit, other.memlimit)
+        return isinstance(other, Argon2Params) and (self.opslimit, self.memlimit) == (
+            other.opslimit,
+            other.memlimit,
         )
 
     def __hash__(self) -> int:
@@ -318,7 +322,9 @@ def argon2id(passphrase: bytes, salt: bytes, params: Argon2Params, size: int = 3
     salt = _require_bytes(salt, ARGON2_SALT_SIZE, "Argon2 salt")
     try:
         return bytes(
-            _argon2id.kdf(size, bytes(passphrase), salt, opslimit=params.opslimit, memlimit=params.memlimit)
+            _argon2id.kdf(
+                size, bytes(passphrase), salt, opslimit=params.opslimit, memlimit=params.memlimit
+            )
         )
     except (nacl.exceptions.CryptoError, ValueError, TypeError, RuntimeError) as exc:
         raise CryptoError("Argon2id parameters refused", code="crypto.bad_argument") from exc

@@ -70,7 +70,7 @@ class LocalProtocolError(PeerlineError):
     """The local caller used an API or a state machine wrongly (a bug or bad user input)."""
 
     default_code = "local.misuse"
-    fault = "local"
+    fault: ClassVar[Fault] = "local"
 
 
 class UsageError(LocalProtocolError):
@@ -104,7 +104,7 @@ class RemoteProtocolError(PeerlineError):
     """
 
     default_code = "remote.malformed"
-    fault = "remote"
+    fault: ClassVar[Fault] = "remote"
 
 
 class AuthenticationError(RemoteProtocolError):
@@ -123,7 +123,7 @@ class CryptoError(PeerlineError):
     """Base of the cryptographic failures. Usually caused by invalid input from outside."""
 
     default_code = "crypto.failed"
-    fault = "remote"
+    fault: ClassVar[Fault] = "remote"
 
 
 class InvalidSignatureError(CryptoError):
@@ -148,14 +148,14 @@ class WrongPassphraseError(CryptoError):
     """The passphrase does not open the key file."""
 
     default_code = "identity.wrong_passphrase"
-    fault = "local"
+    fault: ClassVar[Fault] = "local"
 
 
 class StorageError(PeerlineError):
     """The local database failed (I/O error, corruption, locked)."""
 
     default_code = "storage.failed"
-    fault = "environment"
+    fault: ClassVar[Fault] = "environment"
 
 
 class StorageFullError(StorageError):
@@ -168,11 +168,11 @@ class DialError(PeerlineError):
     """A peer could not be reached (no address, unreachable, refused, handshake timeout)."""
 
     default_code = "dial.failed"
-    fault = "environment"
+    fault: ClassVar[Fault] = "environment"
 
 
 class OperationTimeoutError(PeerlineError):
     """A network operation did not complete in its time budget."""
 
     default_code = "timeout"
-    fault = "environment"
+    fault: ClassVar[Fault] = "environment"

@@ -192,7 +192,9 @@ def decode_key_file(data: bytes, passphrase: bytes | None) -> Identity:
     header, sealed = body[:header_size], body[header_size:]
     opslimit, memlimit = _SEALED_HEADER.unpack_from(header)
     if opslimit > _MAX_OPSLIMIT or memlimit > _MAX_MEMLIMIT:
-        raise RemoteProtocolError("key file asks for absurd Argon2 costs", code="identity.bad_key_file")
+        raise RemoteProtocolError(
+            "key file asks for absurd Argon2 costs", code="identity.bad_key_file"
+        )
     salt = header[_SEALED_HEADER.size : _SEALED_HEADER.size + ARGON2_SALT_SIZE]
     nonce = header[_SEALED_HEADER.size + ARGON2_SALT_SIZE :]
     key = argon2id(passphrase, salt, Argon2Params(opslimit, memlimit))
