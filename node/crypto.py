@@ -10,6 +10,13 @@ Contract:
 - No hidden randomness except :func:`random_bytes`, which the I/O shell passes into the pure
   state machines as their ``rng``.
 
+Type confusion is refused, never coerced (``bytes(5)`` would silently be five zero bytes):
+byte arguments must be ``bytes``/``bytearray``/``memoryview``, sizes must be ``int``. A wrong
+*type* or an out-of-range size/length/domain argument is caller misuse
+(:class:`LocalProtocolError`, code ``crypto.bad_argument`` / ``crypto.bad_domain``); a
+wrong-length key, nonce or signature, a bad point or a forged tag is a :class:`CryptoError`
+subclass (such input usually comes from a peer).
+
 Choices: BLAKE2b, HMAC and HKDF come from the stdlib (10x faster than nacl's bindings for
 small inputs); Ed25519, X25519, XChaCha20-Poly1305 and Argon2id come from libsodium via nacl.
 """
@@ -67,34 +74,63 @@ ARGON2_SALT_SIZE = 16
 _SHA256_SIZE = 32
 _MAX_DOMAIN = 255
 _MIN_HMAC_TAG = 16
+_MAX_RANDOM = 1 << 20
+_BLAKE2B_MAX_SIZE = 64
+_BLAKE2B_MAX_KEY = 64
+_BLAKE2B_MAX_PERSON = 16
+_ARGON2_MIN_SIZE = 16
+_ARGON2_MAX_SIZE = 64
+_NACL_ERRORS = (nacl.exceptions.CryptoError, ValueError, TypeError, RuntimeError)
 
 Rng = Callable[[int], bytes]
 """Source of randomness passed into pure code: ``rng(n)`` returns ``n`` random bytes."""
 
 
-def random_bytes(n: int) -> bytes:
-    """Return ``n`` bytes from the OS CSPRNG (the real ``Rng``)."""
-    return nacl.utils.random(n)
+def _misuse(message: str) -> LocalProtocolError:
+    return LocalProtocolError(message, code="crypto.bad_argument")
+
+
+def _require_int(value: object, low: int, high: int, what: str) -> int:
+    """An ``int`` (not ``bool``) in ``low..high``, else :class:`LocalProtocolError`."""
+    if type(value) is not int or not low <= value <= high:
+        raise _misuse(f"{what} must be an int in {low}..{high}")
+    return value
 
 
 def _require_bytes(value: object, size: int | None, what: str) -> bytes:
-    """Check a caller-supplied value; wrong type is misuse, wrong size is a bad key/input."""
-    if not isinstance(value, bytes | bytearray | memoryview):
-        raise LocalProtocolError(f"{what} must be bytes", code="crypto.bad_argument")
-    data = bytes(value)
+    """Check a caller-supplied value; wrong type is misuse, wrong size is a bad key/input.
+
+    Error messages name the argument and the sizes, never the content.
+    """
+    if type(value) is bytes:
+        data = value
+    elif isinstance(value, bytearray | memoryview):
+        data = bytes(value)
+    else:
+        raise _misuse(f"{what} must be bytes")
     if size is not None and len(data) != size:
         raise InvalidKeyError(f"{what} must be {size} bytes, got {len(data)}")
     return data
 
 
+def random_bytes(n: int) -> bytes:
+    """Return ``n`` (0..1 MiB) bytes from the OS CSPRNG: the real :data:`Rng`."""
+    return nacl.utils.random(_require_int(n, 0, _MAX_RANDOM, "random byte count"))
+
+
 def _domain_prefixed(domain: str, message: bytes) -> bytes:
     """The exact bytes signed: ``len(domain) || domain || message`` (domain is ASCII)."""
-    if not domain or not domain.isascii() or len(domain) > _MAX_DOMAIN:
+    if (
+        not isinstance(domain, str)
+        or not domain
+        or not domain.isascii()
+        or len(domain) > _MAX_DOMAIN
+    ):
         raise LocalProtocolError(
             "signature domain must be 1..255 ASCII chars", code="crypto.bad_domain"
         )
     encoded = domain.encode("ascii")
-    return bytes([len(encoded)]) + encoded + message
+    return bytes([len(encoded)]) + encoded + _require_bytes(message, None, "message")
 
 
 class SigningKey:
@@ -122,12 +158,14 @@ class SigningKey:
 
     def sign(self, domain: str, message: bytes) -> bytes:
         """Sign ``message`` for ``domain``; returns the 64-byte detached signature."""
-        signed = _sodium.crypto_sign(_domain_prefixed(domain, bytes(message)), self._secret)
-        return bytes(signed[:SIGNATURE_SIZE])
+        return self._sign(_domain_prefixed(domain, message))
 
     def sign_raw(self, message: bytes) -> bytes:
         """Plain RFC 8032 signature with no domain: only for test vectors and TLS certificates."""
-        return bytes(_sodium.crypto_sign(bytes(message), self._secret)[:SIGNATURE_SIZE])
+        return self._sign(_require_bytes(message, None, "message"))
+
+    def _sign(self, signed: bytes) -> bytes:
+        return bytes(_sodium.crypto_sign(signed, self._secret)[:SIGNATURE_SIZE])
 
     def to_x25519(self) -> X25519PrivateKey:
         """The X25519 key birationally equivalent to this Ed25519 key."""
@@ -142,29 +180,29 @@ class SigningKey:
 def verify(public_key: bytes, domain: str, message: bytes, signature: bytes) -> None:
     """Verify a detached Ed25519 signature made with :meth:`SigningKey.sign` for ``domain``.
 
-    Raises :class:`InvalidSignatureError` for a wrong signature, :class:`InvalidKeyError` for
-    a malformed key; returns ``None`` on success.
+    Raises :class:`InvalidSignatureError` for a wrong signature (including one made for another
+    domain), :class:`InvalidKeyError` for a malformed key; returns ``None`` on success.
     """
-    public_key = _require_bytes(public_key, KEY_SIZE, "Ed25519 public key")
-    signature = _require_bytes(signature, None, "signature")
-    if len(signature) != SIGNATURE_SIZE:
-        raise InvalidSignatureError("signature must be 64 bytes")
-    signed = signature + _domain_prefixed(domain, bytes(message))
-    try:
-        _sodium.crypto_sign_open(signed, public_key)
-    except (nacl.exceptions.CryptoError, ValueError, TypeError, RuntimeError) as exc:
-        raise InvalidSignatureError("signature does not verify") from exc
+    _verify_signed(public_key, _domain_prefixed(domain, message), signature)
 
 
 def verify_raw(public_key: bytes, message: bytes, signature: bytes) -> None:
-    """Plain RFC 8032 verification, no domain: only for test vectors and the TLS layer."""
+    """Plain RFC 8032 verification, no domain: only for test vectors and the TLS layer.
+
+    libsodium's checks apply: non-canonical ``S`` (malleability), small-order ``R`` or key and
+    non-canonical encodings are rejected.
+    """
+    _verify_signed(public_key, _require_bytes(message, None, "message"), signature)
+
+
+def _verify_signed(public_key: object, signed: bytes, signature: object) -> None:
     public_key = _require_bytes(public_key, KEY_SIZE, "Ed25519 public key")
     signature = _require_bytes(signature, None, "signature")
     if len(signature) != SIGNATURE_SIZE:
         raise InvalidSignatureError("signature must be 64 bytes")
     try:
-        _sodium.crypto_sign_open(signature + bytes(message), public_key)
-    except (nacl.exceptions.CryptoError, ValueError, TypeError, RuntimeError) as exc:
+        _sodium.crypto_sign_open(signature + signed, public_key)
+    except _NACL_ERRORS as exc:
         raise InvalidSignatureError("signature does not verify") from exc
 
 
@@ -199,12 +237,15 @@ class X25519PrivateKey:
 
 
 def x25519(secret: bytes, peer_public: bytes) -> bytes:
-    """RFC 7748 X25519. Raises :class:`InvalidKeyError` when the result is all zeros."""
+    """RFC 7748 X25519 (libsodium: non-canonical public keys are reduced mod p, as the RFC says).
+
+    Raises :class:`InvalidKeyError` when the shared secret is all zeros (low-order point).
+    """
     secret = _require_bytes(secret, KEY_SIZE, "X25519 secret")
     peer_public = _require_bytes(peer_public, KEY_SIZE, "X25519 public key")
     try:
         return bytes(_sodium.crypto_scalarmult(secret, peer_public))
-    except (nacl.exceptions.CryptoError, ValueError, TypeError, RuntimeError) as exc:
+    except _NACL_ERRORS as exc:
         raise InvalidKeyError("X25519 public key is a low-order point") from exc
 
 
@@ -213,7 +254,7 @@ def ed25519_public_to_x25519(public_key: bytes) -> bytes:
     public_key = _require_bytes(public_key, KEY_SIZE, "Ed25519 public key")
     try:
         return bytes(_sodium.crypto_sign_ed25519_pk_to_curve25519(public_key))
-    except (nacl.exceptions.CryptoError, ValueError, TypeError, RuntimeError) as exc:
+    except _NACL_ERRORS as exc:
         raise InvalidKeyError("Ed25519 public key is not a valid point") from exc
 
 
@@ -221,51 +262,63 @@ def aead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, associated_data: by
     """XChaCha20-Poly1305 (IETF): returns ciphertext || 16-byte tag."""
     key = _require_bytes(key, AEAD_KEY_SIZE, "AEAD key")
     nonce = _require_bytes(nonce, AEAD_NONCE_SIZE, "AEAD nonce")
+    plaintext = _require_bytes(plaintext, None, "plaintext")
+    associated_data = _require_bytes(associated_data, None, "associated data")
     try:
         return bytes(
             _sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
-                bytes(plaintext), bytes(associated_data), nonce, key
+                plaintext, associated_data, nonce, key
             )
         )
-    except (nacl.exceptions.CryptoError, ValueError, TypeError, RuntimeError) as exc:
+    except _NACL_ERRORS as exc:
         raise CryptoError("AEAD encryption failed", code="crypto.encrypt_failed") from exc
 
 
 def aead_decrypt(
     key: bytes, nonce: bytes, ciphertext: bytes, associated_data: bytes = b""
 ) -> bytes:
-    """Inverse of :func:`aead_encrypt`. Raises :class:`DecryptionError` on any forgery."""
+    """Inverse of :func:`aead_encrypt`. Raises :class:`DecryptionError` on any forgery.
+
+    A key or nonce of the wrong length raises :class:`InvalidKeyError`.
+    """
     key = _require_bytes(key, AEAD_KEY_SIZE, "AEAD key")
     nonce = _require_bytes(nonce, AEAD_NONCE_SIZE, "AEAD nonce")
     ciphertext = _require_bytes(ciphertext, None, "ciphertext")
+    associated_data = _require_bytes(associated_data, None, "associated data")
     if len(ciphertext) < AEAD_TAG_SIZE:
         raise DecryptionError("ciphertext shorter than its tag")
     try:
         return bytes(
             _sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
-                ciphertext, bytes(associated_data), nonce, key
+                ciphertext, associated_data, nonce, key
             )
         )
-    except (nacl.exceptions.CryptoError, ValueError, TypeError, RuntimeError) as exc:
+    except _NACL_ERRORS as exc:
         raise DecryptionError("ciphertext failed authentication") from exc
 
 
 def blake2b(data: bytes, *, size: int = 32, key: bytes = b"", person: bytes = b"") -> bytes:
     """BLAKE2b (stdlib). ``person`` (<= 16 bytes) separates domains; ``key`` makes it a MAC."""
-    if not 1 <= size <= 64 or len(key) > 64 or len(person) > 16:
-        raise LocalProtocolError("bad BLAKE2b parameters", code="crypto.bad_argument")
-    return hashlib.blake2b(
-        bytes(data), digest_size=size, key=bytes(key), person=bytes(person)
-    ).digest()
+    size = _require_int(size, 1, _BLAKE2B_MAX_SIZE, "BLAKE2b size")
+    key = _require_bytes(key, None, "BLAKE2b key")
+    person = _require_bytes(person, None, "BLAKE2b person")
+    if len(key) > _BLAKE2B_MAX_KEY or len(person) > _BLAKE2B_MAX_PERSON:
+        raise _misuse("BLAKE2b key must be <= 64 bytes and person <= 16 bytes")
+    data = _require_bytes(data, None, "BLAKE2b input")
+    return hashlib.blake2b(data, digest_size=size, key=key, person=person).digest()
 
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
-    """HMAC-SHA256 (RFC 2104 / 4231)."""
-    return _hmac.new(bytes(key), bytes(data), hashlib.sha256).digest()
+    """HMAC-SHA256 (RFC 2104 / 4231); any key length, as the RFC allows."""
+    key = _require_bytes(key, None, "HMAC key")
+    return _hmac.new(key, _require_bytes(data, None, "HMAC input"), hashlib.sha256).digest()
 
 
 def hmac_sha256_verify(key: bytes, data: bytes, tag: bytes) -> None:
-    """Constant-time check of a (possibly truncated, >= 16 bytes) HMAC-SHA256 tag."""
+    """Constant-time check of a (possibly truncated, 16..32 bytes) HMAC-SHA256 tag.
+
+    Raises :class:`InvalidSignatureError` (code ``crypto.bad_mac``) for a wrong or badly sized tag.
+    """
     tag = _require_bytes(tag, None, "HMAC tag")
     if not _MIN_HMAC_TAG <= len(tag) <= _SHA256_SIZE:
         raise InvalidSignatureError("HMAC tag length out of range", code="crypto.bad_mac")
@@ -274,15 +327,20 @@ def hmac_sha256_verify(key: bytes, data: bytes, tag: bytes) -> None:
 
 
 def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int) -> bytes:
-    """HKDF-SHA256 (RFC 5869): extract with ``salt`` then expand to ``length`` bytes."""
-    if not 0 < length <= 255 * _SHA256_SIZE:
-        raise LocalProtocolError("HKDF length out of range", code="crypto.bad_argument")
-    prk = hmac_sha256(bytes(salt) or bytes(_SHA256_SIZE), bytes(ikm))
+    """HKDF-SHA256 (RFC 5869): extract with ``salt`` then expand to ``length`` bytes.
+
+    ``length`` outside ``1..8160`` (255 blocks) is caller misuse: :class:`LocalProtocolError`.
+    An empty ``salt`` means 32 zero bytes, as in the RFC.
+    """
+    length = _require_int(length, 1, 255 * _SHA256_SIZE, "HKDF length")
+    salt = _require_bytes(salt, None, "HKDF salt")
+    info = _require_bytes(info, None, "HKDF info")
+    prk = hmac_sha256(salt or bytes(_SHA256_SIZE), _require_bytes(ikm, None, "HKDF input key"))
     output = b""
     block = b""
     counter = 1
     while len(output) < length:
-        block = hmac_sha256(prk, block + bytes(info) + bytes([counter]))
+        block = hmac_sha256(prk, block + info + bytes([counter]))
         output += block
         counter += 1
     return output[:length]
@@ -304,10 +362,9 @@ class Argon2Params:
         return f"Argon2Params(opslimit={self.opslimit}, memlimit={self.memlimit})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Argon2Params) and (self.opslimit, self.memlimit) == (
-            other.opslimit,
-            other.memlimit,
-        )
+        if not isinstance(other, Argon2Params):
+            return NotImplemented
+        return (self.opslimit, self.memlimit) == (other.opslimit, other.memlimit)
 
     def __hash__(self) -> int:
         return hash((self.opslimit, self.memlimit))
@@ -318,13 +375,21 @@ Argon2Params.FAST_FOR_TESTS = Argon2Params(_argon2id.OPSLIMIT_MIN, _argon2id.MEM
 
 
 def argon2id(passphrase: bytes, salt: bytes, params: Argon2Params, size: int = 32) -> bytes:
-    """Derive a ``size``-byte key from a passphrase with Argon2id13."""
+    """Derive a ``size``-byte (16..64) key from a passphrase with Argon2id13.
+
+    Costs outside libsodium's range raise :class:`CryptoError` (``crypto.bad_argument``).
+    Memory is allocated as asked: callers reading ``params`` from a file must cap them first.
+    """
+    passphrase = _require_bytes(passphrase, None, "passphrase")
     salt = _require_bytes(salt, ARGON2_SALT_SIZE, "Argon2 salt")
+    size = _require_int(size, _ARGON2_MIN_SIZE, _ARGON2_MAX_SIZE, "Argon2 output size")
+    if not isinstance(params, Argon2Params):
+        raise _misuse("Argon2 params must be Argon2Params")
     try:
         return bytes(
             _argon2id.kdf(
-                size, bytes(passphrase), salt, opslimit=params.opslimit, memlimit=params.memlimit
+                size, passphrase, salt, opslimit=params.opslimit, memlimit=params.memlimit
             )
         )
-    except (nacl.exceptions.CryptoError, ValueError, TypeError, RuntimeError) as exc:
+    except (*_NACL_ERRORS, OverflowError, MemoryError) as exc:
         raise CryptoError("Argon2id parameters refused", code="crypto.bad_argument") from exc
