@@ -36,6 +36,7 @@ __all__ = [
     "OperationTimeoutError",
     "PeerlineError",
     "RemoteProtocolError",
+    "StorageConstraintError",
     "StorageError",
     "StorageFullError",
     "UsageError",
@@ -162,6 +163,13 @@ class StorageFullError(StorageError):
     """The disk holding the store is full: the write was not made, nothing was lost."""
 
     default_code = "storage.full"
+
+
+class StorageConstraintError(StorageError):
+    """A write broke a constraint (unique, foreign key, check): the caller's data was wrong."""
+
+    default_code = "storage.constraint"
+    fault = "local"
 
 
 class DialError(PeerlineError):
