@@ -36,6 +36,7 @@ __all__ = [
     "OperationTimeoutError",
     "PeerlineError",
     "RemoteProtocolError",
+    "ReplayError",
     "StorageConstraintError",
     "StorageError",
     "StorageFullError",
@@ -137,6 +138,12 @@ class DecryptionError(CryptoError):
     """An AEAD ciphertext failed authentication (tampered, wrong key, wrong nonce or AD)."""
 
     default_code = "crypto.decrypt_failed"
+
+
+class ReplayError(CryptoError):
+    """A message (or handshake) was already processed, or its key is gone: drop it."""
+
+    default_code = "crypto.replay"
 
 
 class InvalidKeyError(CryptoError):
