@@ -1,0 +1,1 @@
+"""Fuzzing harnesses for every decoder that faces the outside world (``make fuzz``)."""
