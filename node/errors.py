@@ -29,6 +29,7 @@ __all__ = [
     "Fault",
     "IdentityExistsError",
     "InvalidKeyError",
+    "InvalidRecordError",
     "InvalidSignatureError",
     "LimitExceededError",
     "LocalProtocolError",
@@ -113,6 +114,16 @@ class AuthenticationError(RemoteProtocolError):
     """A peer failed to prove the identity it claims (pin mismatch, bad proof, replay)."""
 
     default_code = "auth.failed"
+
+
+class InvalidRecordError(RemoteProtocolError):
+    """A signed record (peer record, DHT value) is forged, expired, stale, oversized or malformed.
+
+    Codes: ``record.malformed``, ``record.too_large``, ``record.bad_signature``,
+    ``record.expired``, ``record.wrong_peer``, ``record.wrong_key``, ``record.stale``.
+    """
+
+    default_code = "record.invalid"
 
 
 class LimitExceededError(RemoteProtocolError):
