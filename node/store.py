@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
 from collections import deque
@@ -117,6 +118,8 @@ def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
 
 
 def _open_writer(path: Path) -> sqlite3.Connection:
+    """Create the file private (0600; SQLite gives its WAL files the same mode), then migrate."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     conn = _connect(path, read_only=False)
     try:
         _migrate(conn)
@@ -375,7 +378,8 @@ class Store:
             if not self._task.done():
                 self._task.cancel()
             self._closed = True
-            await loop.run_in_executor(self._wexec, self._writer.close)
+            # Reader first: the writer, closing last, checkpoints and removes the WAL files.
             await loop.run_in_executor(self._rexec, self._reader.close)
+            await loop.run_in_executor(self._wexec, self._writer.close)
             self._wexec.shutdown(wait=True)
             self._rexec.shutdown(wait=True)
