@@ -97,7 +97,8 @@ def map_error(exc: BaseException) -> PeerlineError:
         return StorageFullError(f"storage full ({text})")
     if isinstance(exc, sqlite3.IntegrityError):
         return StorageConstraintError(f"constraint violated ({text})")
-    if isinstance(exc, sqlite3.ProgrammingError | sqlite3.InterfaceError | TypeError | ValueError):
+    bad_call = sqlite3.ProgrammingError | sqlite3.InterfaceError | TypeError | ValueError
+    if name == "SQLITE_ERROR" or isinstance(exc, bad_call):  # SQLITE_ERROR: bad SQL, no table
         return LocalProtocolError(f"bad query ({text})", code="storage.bad_query")
     return StorageError(f"database error ({text})")
 
@@ -143,10 +144,13 @@ def _migrate(conn: sqlite3.Connection) -> None:
         script = f"BEGIN IMMEDIATE;\n{MIGRATIONS[index]}\n{bump}\nCOMMIT;"
         try:
             conn.executescript(script)
-        except BaseException:
+        except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise
+            raise StorageError(
+                f"schema migration to v{index + 1} failed: {map_error(exc).message}",
+                code="storage.migration_failed",
+            ) from None
 
 
 def _run_unit(conn: sqlite3.Connection, unit: _Unit) -> None:
