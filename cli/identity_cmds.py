@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from cli.output import app, emit, run
-from node.errors import UsageError
+from node.errors import StorageError, UsageError
 from node.home import PublicIdentity, create_identity, key_is_sealed, load_identity
 from node.home import read_public_identity as read_public
 from node.identity import PeerId, fingerprint, safety_number
@@ -89,15 +89,14 @@ def id_command(ctx: click.Context, peer: str | None, passphrase_file: str | None
     home = app(ctx).home
     other = None if peer is None else PeerId.parse(peer)
     passphrase = None if passphrase_file is None else read_passphrase_file(passphrase_file)
-    public = run(read_public(home))
     sealed = key_is_sealed(home)
-    if passphrase_file is not None:
-        unlocked = run(load_identity(home, passphrase))
-        if unlocked.peer_id != public.peer_id:
-            raise UsageError(
-                "the key file does not match the identity in the database",
-                code="identity.mismatch",
-            )
+    # Unlock before opening the database: a wrong passphrase must leave the home untouched.
+    unlocked = None if passphrase is None else run(load_identity(home, passphrase))
+    public = run(read_public(home))
+    if unlocked is not None and unlocked.peer_id != public.peer_id:
+        raise StorageError(
+            "the key file does not match the identity in the database", code="identity.mismatch"
+        )
     obj: dict[str, Any] = {**_public_fields(public), "key_encrypted": sealed}
     lines = [
         f"name:          {public.name}",
@@ -105,7 +104,7 @@ def id_command(ctx: click.Context, peer: str | None, passphrase_file: str | None
         f"fingerprint:   {obj['fingerprint']}",
         f"secret key:    {'encrypted' if sealed else 'not encrypted'}",
     ]
-    if passphrase_file is not None:
+    if unlocked is not None:
         obj["key_unlocked"] = True
         lines.append("passphrase:    ok (key unlocked)")
     if other is not None:
