@@ -27,12 +27,14 @@ __all__ = [
     "DecryptionError",
     "DialError",
     "Fault",
+    "FeedError",
     "IdentityExistsError",
     "InvalidKeyError",
     "InvalidRecordError",
     "InvalidSignatureError",
     "LimitExceededError",
     "LocalProtocolError",
+    "MerkleProofError",
     "NotFoundError",
     "OperationTimeoutError",
     "PeerlineError",
@@ -130,6 +132,22 @@ class LimitExceededError(RemoteProtocolError):
     """A peer exceeded a configured limit (frame size, streams, rate, quota)."""
 
     default_code = "limit.exceeded"
+
+
+class FeedError(RemoteProtocolError):
+    """A feed chunk or head is invalid: refuse it and flag the peer that sent it.
+
+    Codes: ``feed.wrong_feed``, ``feed.bad_shape``, ``feed.bad_position``, ``feed.broken_chain``,
+    ``feed.bad_root``, ``feed.bad_signature``, ``feed.bad_proof``.
+    """
+
+    default_code = "feed.invalid"
+
+
+class MerkleProofError(RemoteProtocolError):
+    """A Merkle inclusion proof does not lead to the root it claims."""
+
+    default_code = "merkle.bad_proof"
 
 
 class CryptoError(PeerlineError):
