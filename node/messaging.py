@@ -31,6 +31,7 @@ from enum import IntEnum, StrEnum
 from typing import Annotated, Generic, Literal, TypeVar
 
 from node import wire
+from node.backoff import Backoff
 from node.crypto import Rng, verify
 from node.errors import (
     CryptoError,
@@ -250,18 +251,18 @@ def merge_state(current: State, new: State) -> State:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Backoff ``base * 2**attempts`` capped at ``cap``, scaled by a jitter in [0.5, 1).
+    """When to retry an outbox entry.
 
-    ``ack_timeout``: how long a direct send waits for its receipt before counting as failed.
+    ``backoff``: delay after a failed attempt (exponential, capped, jittered; see
+    :class:`~node.backoff.Backoff`). ``ack_timeout``: how long an attempt may stay silent
+    (no receipt, no result) before it counts as failed and the backoff delay starts.
     """
 
-    base: float = 1.0
-    cap: float = 300.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=300.0))
     ack_timeout: float = 10.0
 
     def delay(self, attempts: int, rng: Rng) -> float:
-        jitter = 0.5 + int.from_bytes(rng(4), "big") / 2**33
-        return min(self.cap, self.base * 2.0 ** min(attempts, 30)) * jitter
+        return self.backoff.delay(max(attempts - 1, 0), rng)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node import wire
+from node.backoff import Backoff
 from node.errors import InvalidSignatureError, RemoteProtocolError, UsageError
 from node.identity import Identity, PeerId
 from node.messaging import (
@@ -126,25 +127,25 @@ def drain(outbox: Outbox) -> list[object]:
 
 
 def test_retry_delay_backs_off_with_jitter_and_cap() -> None:
-    policy = RetryPolicy(base=1.0, cap=60.0)
+    policy = RetryPolicy(Backoff(initial=1.0, maximum=60.0))
     r = seeded_rng(2)
-    for attempts in range(12):
+    for attempts in range(1, 12):
         delay = policy.delay(attempts, rng_of(r))
-        nominal = min(60.0, 2.0**attempts)
-        assert nominal * 0.5 <= delay < nominal
-    assert policy.delay(0, lambda n: b"\x00" * n) == 0.5
-    assert policy.delay(0, lambda n: b"\xff" * n) < 1.0
+        nominal = min(60.0, 2.0 ** (attempts - 1))
+        assert nominal * 0.5 <= delay <= nominal
 
 
 def test_outbox_attempts_retries_and_delivers() -> None:
-    outbox = Outbox(rng_of(seeded_rng(3)), RetryPolicy(base=1.0, cap=8.0, ack_timeout=5.0))
+    outbox = Outbox(
+        rng_of(seeded_rng(3)), RetryPolicy(Backoff(initial=1.0, maximum=8.0), ack_timeout=5.0)
+    )
     outbox.add(entry(b"a" * 16))
     assert outbox.get_timer() == 0.0
     outbox.handle_timer(0.0)
     assert drain(outbox) == [Attempt(b"a" * 16, b"r" * 32, 1)]
     outbox.report(b"a" * 16, "unreachable", 0.1)
     timer = outbox.get_timer()
-    assert timer is not None and 1.1 <= timer < 2.1  # attempt 1: 2 s nominal
+    assert timer is not None and 0.6 <= timer <= 1.1  # after attempt 1: 1 s nominal
     outbox.handle_timer(timer)
     assert drain(outbox) == [Attempt(b"a" * 16, b"r" * 32, 2)]
     outbox.report(b"a" * 16, "sent", timer)
@@ -190,8 +191,8 @@ def test_refusal_fails_with_reason_and_reachability_retries_now() -> None:
     outbox.report(b"a" * 16, "refused", 1.0)
     assert drain(outbox) == [StateChanged(b"a" * 16, "failed", "refused"), Expired(b"a" * 16)]
     outbox.report(b"b" * 16, "unreachable", 1.0)
-    outbox.peer_reachable(b"r" * 32, 2.0)
-    assert outbox.get_timer() == 2.0
+    outbox.peer_reachable(b"r" * 32, 1.2)  # the backoff would wait until 1.5..2.0
+    assert outbox.get_timer() == 1.2
 
 
 # --------------------------------------------------------------------------- receive order
@@ -246,7 +247,7 @@ class Link:
 @pytest.mark.parametrize("seed", range(8))
 def test_pair_over_lossy_links_delivers_exactly_once_in_order(seed: int) -> None:
     r = seeded_rng(seed)
-    outbox = Outbox(rng_of(r), RetryPolicy(base=0.2, cap=2.0, ack_timeout=1.0))
+    outbox = Outbox(rng_of(r), RetryPolicy(Backoff(initial=0.2, maximum=2.0), ack_timeout=1.0))
     forward, back = Link(r, loss=0.3), Link(r, loss=0.3)
     order: ReceiveOrder[bytes] = ReceiveOrder(gap_timeout=1e9)
     seqs: dict[bytes, int] = {}
