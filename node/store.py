@@ -118,30 +118,30 @@ def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
     return conn
 
 
-def _open_writer(path: Path) -> sqlite3.Connection:
+def _open_writer(path: Path, migrations: Sequence[str] = MIGRATIONS) -> sqlite3.Connection:
     """Create the file private (0600; SQLite gives its WAL files the same mode), then migrate."""
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     conn = _connect(path, read_only=False)
     try:
-        _migrate(conn)
+        _migrate(conn, migrations)
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring ``user_version`` up to ``len(MIGRATIONS)``, one transaction per migration."""
+def _migrate(conn: sqlite3.Connection, migrations: Sequence[str] = MIGRATIONS) -> None:
+    """Bring ``user_version`` up to ``len(migrations)``, one transaction per migration."""
     (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version > len(MIGRATIONS):
+    if version > len(migrations):
         raise StorageError(
-            f"database schema v{version} is newer than this peerline (v{len(MIGRATIONS)}): "
+            f"database schema v{version} is newer than this peerline (v{len(migrations)}): "
             "upgrade peerline",
             code="storage.schema_too_new",
         )
-    for index in range(version, len(MIGRATIONS)):
+    for index in range(version, len(migrations)):
         bump = f"PRAGMA user_version = {index + 1};"
-        script = f"BEGIN IMMEDIATE;\n{MIGRATIONS[index]}\n{bump}\nCOMMIT;"
+        script = f"BEGIN IMMEDIATE;\n{migrations[index]}\n{bump}\nCOMMIT;"
         try:
             conn.executescript(script)
         except sqlite3.Error as exc:
@@ -234,22 +234,28 @@ class Store:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, path: str | Path) -> AsyncIterator[Store]:
-        """Open (creating and migrating if needed) the database at ``path`` (a file path)."""
-        store = await cls._open(Path(path))
+    async def open(
+        cls, path: str | Path, *, migrations: Sequence[str] = MIGRATIONS
+    ) -> AsyncIterator[Store]:
+        """Open (creating and migrating if needed) the database at ``path`` (a file path).
+
+        ``migrations`` defaults to the node schema; another database (the rendezvous server's)
+        passes its own ordered scripts.
+        """
+        store = await cls._open(Path(path), migrations)
         try:
             yield store
         finally:
             await store.close()
 
     @classmethod
-    async def _open(cls, path: Path) -> Store:
+    async def _open(cls, path: Path, migrations: Sequence[str]) -> Store:
         loop = asyncio.get_running_loop()
         wexec = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         rexec = ThreadPoolExecutor(1, thread_name_prefix="store-reader")
         writer: sqlite3.Connection | None = None
         try:
-            writer = await loop.run_in_executor(wexec, _open_writer, path)
+            writer = await loop.run_in_executor(wexec, _open_writer, path, migrations)
             reader = await loop.run_in_executor(rexec, lambda: _connect(path, read_only=True))
         except BaseException as exc:
             if writer is not None:
@@ -359,6 +365,27 @@ class Store:
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._wexec, run)
+        except sqlite3.Error as exc:
+            raise map_error(exc) from None
+
+    async def backup(self, destination: str | Path) -> None:
+        """Online backup (SQLite backup API) of the whole database into a new file.
+
+        Runs on the writer thread between two transactions, so the copy is consistent and
+        contains every write whose ``await`` has returned. ``destination`` must not exist.
+        """
+        target = Path(destination)
+
+        def run() -> None:
+            with contextlib.closing(
+                sqlite3.connect(f"{target.as_uri()}?mode=rwc", uri=True)
+            ) as out:
+                self._writer.backup(out)
+
+        if target.exists():
+            raise LocalProtocolError(f"{target} already exists", code="storage.exists")
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._wexec, run)
         except sqlite3.Error as exc:
             raise map_error(exc) from None
 
