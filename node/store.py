@@ -118,7 +118,7 @@ def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
     return conn
 
 
-def _open_writer(path: Path, migrations: Sequence[str] = MIGRATIONS) -> sqlite3.Connection:
+def _open_writer(path: Path, migrations: Sequence[str] | None = None) -> sqlite3.Connection:
     """Create the file private (0600; SQLite gives its WAL files the same mode), then migrate."""
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     conn = _connect(path, read_only=False)
@@ -130,8 +130,10 @@ def _open_writer(path: Path, migrations: Sequence[str] = MIGRATIONS) -> sqlite3.
     return conn
 
 
-def _migrate(conn: sqlite3.Connection, migrations: Sequence[str] = MIGRATIONS) -> None:
-    """Bring ``user_version`` up to ``len(migrations)``, one transaction per migration."""
+def _migrate(conn: sqlite3.Connection, migrations: Sequence[str] | None = None) -> None:
+    """Bring ``user_version`` up to ``len(migrations)`` (default: the node schema, looked up at
+    call time), one transaction per migration."""
+    migrations = MIGRATIONS if migrations is None else migrations
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version > len(migrations):
         raise StorageError(
@@ -235,7 +237,7 @@ class Store:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, path: str | Path, *, migrations: Sequence[str] = MIGRATIONS
+        cls, path: str | Path, *, migrations: Sequence[str] | None = None
     ) -> AsyncIterator[Store]:
         """Open (creating and migrating if needed) the database at ``path`` (a file path).
 
@@ -249,7 +251,7 @@ class Store:
             await store.close()
 
     @classmethod
-    async def _open(cls, path: Path, migrations: Sequence[str]) -> Store:
+    async def _open(cls, path: Path, migrations: Sequence[str] | None) -> Store:
         loop = asyncio.get_running_loop()
         wexec = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         rexec = ThreadPoolExecutor(1, thread_name_prefix="store-reader")
