@@ -23,6 +23,7 @@ Fault = Literal["local", "remote", "environment"]
 __all__ = [
     "AuthenticationError",
     "ConfigError",
+    "ConnectionClosedError",
     "CryptoError",
     "DecryptionError",
     "DialError",
@@ -40,6 +41,7 @@ __all__ = [
     "PeerlineError",
     "RemoteProtocolError",
     "ReplayError",
+    "RequestFailedError",
     "StorageConstraintError",
     "StorageError",
     "StorageFullError",
@@ -220,3 +222,20 @@ class OperationTimeoutError(PeerlineError):
 
     default_code = "timeout"
     fault: ClassVar[Fault] = "environment"
+
+
+class ConnectionClosedError(PeerlineError):
+    """The connection closed (by us, the peer or the network) before the operation finished.
+
+    The code is ``transport.closed``; the message carries the close reason the peer gave.
+    """
+
+    default_code = "transport.closed"
+    fault: ClassVar[Fault] = "environment"
+
+
+class RequestFailedError(PeerlineError):
+    """The peer answered a request with a failure; ``code`` is the peer's error code."""
+
+    default_code = "request.failed"
+    fault: ClassVar[Fault] = "remote"
