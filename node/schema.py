@@ -22,6 +22,14 @@ v1 tables:
 - ``outbox``: what waits for delivery, with retry schedule and expiry.
 - ``messages_fts``: FTS5 external-content index of ``messages.body`` kept by triggers
   (this SQLite is 3.40: no ``contentless_delete``).
+
+v2 (1:1 messaging, ``node/messaging.py``): contacts keep invite address hints (JSON lists);
+conversations get ``status`` (a stranger's chat is a ``request`` until accepted or
+``declined``) and the sender sequence counters (``send_seq`` last assigned, ``recv_seq`` last
+shown); messages get ``sender_seq``, ``ttl`` and the failure ``reason``; the outbox keeps the
+ciphertext once encrypted (the ratchet state that made it is saved in the same unit); ``held``
+keeps received messages waiting for an earlier sequence number; ``settings`` holds the node's
+``policy`` and ``visibility``.
 """
 
 from __future__ import annotations
@@ -97,4 +105,31 @@ CREATE TRIGGER messages_fts_update AFTER UPDATE OF body ON messages BEGIN
 END;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+_V2_MESSAGING = """
+ALTER TABLE contacts ADD COLUMN addresses TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE contacts ADD COLUMN rendezvous TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE conversations ADD COLUMN status TEXT NOT NULL DEFAULT 'accepted'
+    CHECK (status IN ('request', 'accepted', 'declined'));
+ALTER TABLE conversations ADD COLUMN send_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN recv_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN sender_seq INTEGER;
+ALTER TABLE messages ADD COLUMN ttl REAL;
+ALTER TABLE messages ADD COLUMN reason TEXT;
+ALTER TABLE outbox ADD COLUMN ciphertext BLOB;
+CREATE TABLE held (
+    id               BLOB PRIMARY KEY,
+    conversation_id  INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+    sender_seq       INTEGER NOT NULL,
+    body             TEXT NOT NULL,
+    sent_at          REAL NOT NULL,
+    received_at      REAL NOT NULL,
+    ttl              REAL,
+    UNIQUE (conversation_id, sender_seq)
+);
+CREATE TABLE settings (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2_MESSAGING)
