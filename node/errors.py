@@ -39,6 +39,7 @@ __all__ = [
     "NotFoundError",
     "OperationTimeoutError",
     "PeerlineError",
+    "RefusedError",
     "RemoteProtocolError",
     "ReplayError",
     "RequestFailedError",
@@ -239,3 +240,20 @@ class RequestFailedError(PeerlineError):
 
     default_code = "request.failed"
     fault: ClassVar[Fault] = "remote"
+
+
+class RefusedError(PeerlineError):
+    """A server refused a well-formed request by policy (quota, rate limit, access, ban).
+
+    ``code`` is the server's reason (``mailbox.full_count``, ``access.banned``, ...);
+    ``retry_after`` (seconds) is set when waiting helps (rate limits).
+    """
+
+    default_code = "refused"
+    fault: ClassVar[Fault] = "remote"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
