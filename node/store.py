@@ -26,8 +26,10 @@ This is the only module that imports ``sqlite3``. Contracts:
 
 Why not aiosqlite: its public API costs one thread hop (~110 us) per statement, so a unit with
 its SAVEPOINT/RELEASE would cost three hops and cap group commit near 3k units/s. Instead each
-connection owns one dedicated thread (a one-worker executor) and a whole batch runs in one hop.
-Executor threads end on ``close()`` and never block interpreter exit.
+connection owns one dedicated thread (:class:`_Worker`: a ``SimpleQueue`` in,
+``call_soon_threadsafe`` out, about 2x cheaper per hop than ``run_in_executor``) and a whole
+batch runs in one hop. The threads end on ``close()`` and, being daemons, never block
+interpreter exit (an aiosqlite 0.22 connection left open does).
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import SimpleQueue
+from threading import Thread
 from typing import Any, TypeAlias, TypeVar
 
 from node.errors import (
@@ -213,6 +216,48 @@ def _run_batch_unguarded(
     return outcomes
 
 
+class _Worker:
+    """One dedicated thread that owns one ``sqlite3`` connection; ``call`` runs a function there.
+
+    Jobs run in submission order, one at a time. ``stop`` lets queued jobs finish, then the
+    thread ends.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: SimpleQueue[tuple[asyncio.Future[Any], Callable[[], Any]] | None] = (
+            SimpleQueue()
+        )
+        self._thread = Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, function = job
+            try:
+                result, error = function(), None
+            except BaseException as exc:  # handed to the awaiting coroutine
+                result, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody waits
+                future.get_loop().call_soon_threadsafe(_settle, future, result, error)
+
+    async def call(self, function: Callable[[], _T]) -> _T:
+        future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        self._jobs.put((future, function))
+        return await future
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
 class Store:
     """An open node database. Create with :meth:`open`; all methods are coroutine-safe."""
 
@@ -221,14 +266,14 @@ class Store:
         path: Path,
         writer: sqlite3.Connection,
         reader: sqlite3.Connection,
-        write_executor: ThreadPoolExecutor,
-        read_executor: ThreadPoolExecutor,
+        write_worker: _Worker,
+        read_worker: _Worker,
     ) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
-        self._wexec = write_executor
-        self._rexec = read_executor
+        self._wworker = write_worker
+        self._rworker = read_worker
         self._queue: asyncio.Queue[_Unit | None] = asyncio.Queue(QUEUE_BOUND)
         self._closing = False
         self._closed = False
@@ -252,22 +297,20 @@ class Store:
 
     @classmethod
     async def _open(cls, path: Path, migrations: Sequence[str] | None) -> Store:
-        loop = asyncio.get_running_loop()
-        wexec = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
-        rexec = ThreadPoolExecutor(1, thread_name_prefix="store-reader")
+        wworker, rworker = _Worker("store-writer"), _Worker("store-reader")
         writer: sqlite3.Connection | None = None
         try:
-            writer = await loop.run_in_executor(wexec, _open_writer, path, migrations)
-            reader = await loop.run_in_executor(rexec, lambda: _connect(path, read_only=True))
+            writer = await wworker.call(lambda: _open_writer(path, migrations))
+            reader = await rworker.call(lambda: _connect(path, read_only=True))
         except BaseException as exc:
             if writer is not None:
-                await loop.run_in_executor(wexec, writer.close)
-            wexec.shutdown(wait=False)
-            rexec.shutdown(wait=False)
+                await wworker.call(writer.close)
+            wworker.stop()
+            rworker.stop()
             if isinstance(exc, sqlite3.Error | OSError):
                 raise map_error(exc) from None
             raise
-        return cls(path, writer, reader, wexec, rexec)
+        return cls(path, writer, reader, wworker, rworker)
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -292,7 +335,6 @@ class Store:
 
     async def _write_loop(self) -> None:
         """The single writer: drain the queue in batches until the stop marker."""
-        loop = asyncio.get_running_loop()
         carried: deque[_Unit] = deque()
         stopping = False
         while carried or not stopping:
@@ -311,16 +353,14 @@ class Store:
             live = [unit for unit in carried if not unit.future.done()]
             batch, carried = live[:BATCH_UNITS], deque(live[BATCH_UNITS:])
             if batch:
-                settled = await self._commit(loop, batch)
+                settled = await self._commit(batch)
                 carried.extendleft(reversed([u for i, u in enumerate(batch) if i not in settled]))
 
-    async def _commit(
-        self, loop: asyncio.AbstractEventLoop, batch: list[_Unit]
-    ) -> dict[int, BaseException | None]:
+    async def _commit(self, batch: list[_Unit]) -> dict[int, BaseException | None]:
         """Run one batch on the writer thread and resolve the futures of settled units."""
         try:
-            outcomes = await loop.run_in_executor(
-                self._wexec, _run_batch, self._writer, batch, BATCH_SECONDS
+            outcomes = await self._wworker.call(
+                lambda: _run_batch(self._writer, batch, BATCH_SECONDS)
             )
         except Exception as exc:  # BEGIN or ROLLBACK itself failed: fail the whole batch.
             outcomes = dict.fromkeys(range(len(batch)), exc)
@@ -350,7 +390,7 @@ class Store:
         if self._closed:
             raise StorageError("the store is closed", code="storage.closed")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._rexec, query)
+            return await self._rworker.call(query)
         except (sqlite3.Error, TypeError, ValueError) as exc:
             raise map_error(exc) from None
 
@@ -366,7 +406,7 @@ class Store:
             return bool(busy == 0)
 
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._wexec, run)
+            return await self._wworker.call(run)
         except sqlite3.Error as exc:
             raise map_error(exc) from None
 
@@ -387,7 +427,7 @@ class Store:
         if target.exists():
             raise LocalProtocolError(f"{target} already exists", code="storage.exists")
         try:
-            await asyncio.get_running_loop().run_in_executor(self._wexec, run)
+            await self._wworker.call(run)
         except sqlite3.Error as exc:
             raise map_error(exc) from None
 
@@ -403,7 +443,6 @@ class Store:
             await asyncio.shield(self._task)
             return
         self._closing = True
-        loop = asyncio.get_running_loop()
         try:
             await self._queue.put(_STOP)
             await self._task
@@ -412,7 +451,7 @@ class Store:
                 self._task.cancel()
             self._closed = True
             # Reader first: the writer, closing last, checkpoints and removes the WAL files.
-            await loop.run_in_executor(self._rexec, self._reader.close)
-            await loop.run_in_executor(self._wexec, self._writer.close)
-            self._wexec.shutdown(wait=True)
-            self._rexec.shutdown(wait=True)
+            await self._rworker.call(self._reader.close)
+            await self._wworker.call(self._writer.close)
+            self._rworker.stop()
+            self._wworker.stop()
