@@ -44,6 +44,16 @@ INIT_HEADER = struct.Struct(">32s32sII")
 _NO_ONE_TIME = 0
 _PADDING = b"\xff" * KEY_SIZE
 _SALT = bytes(KEY_SIZE)
+_FIELD_PRIME = 2**255 - 19
+
+
+def _canonical_x25519(public: bytes) -> bytes:
+    """Refuse non-canonical encodings (top bit set, or >= p): X25519 ignores the top bit, so
+    without this check one base key would have several byte forms and a replayed first
+    message with a flipped bit would pass the "base key already seen" check."""
+    if int.from_bytes(public, "little") >= _FIELD_PRIME:
+        raise RemoteProtocolError("non-canonical X25519 key", code="x3dh.malformed")
+    return public
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +74,8 @@ class InitHeader:
         if len(data) != INIT_HEADER.size:
             raise RemoteProtocolError("bad X3DH header size", code="x3dh.malformed")
         identity, base_key, spk_id, one_time = INIT_HEADER.unpack(data)
-        return cls(
-            PeerId(identity), base_key, spk_id, None if one_time == _NO_ONE_TIME else one_time
-        )
+        one_time_id = None if one_time == _NO_ONE_TIME else one_time
+        return cls(PeerId(identity), _canonical_x25519(base_key), spk_id, one_time_id)
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -136,3 +136,15 @@ def test_agreement_repr_hides_secrets() -> None:
     sent = x3dh.initiate(alice, bundle, rng().randbytes)
     assert sent.shared_secret.hex() not in repr(sent)
     assert repr(sent.shared_secret) not in repr(sent)
+
+
+def test_non_canonical_base_keys_are_refused() -> None:
+    """X25519 ignores the top bit: a second byte form of a base key would dodge replay checks."""
+    alice, _, _, bundle = setup()
+    data = bytearray(x3dh.initiate(alice, bundle, rng().randbytes).header.to_bytes())
+    data[63] ^= 0x80  # top bit of the base key (bytes 32..63)
+    with pytest.raises(RemoteProtocolError):
+        InitHeader.from_bytes(bytes(data))
+    data[32:64] = (2**255 - 19).to_bytes(32, "little")  # p itself encodes 0
+    with pytest.raises(RemoteProtocolError):
+        InitHeader.from_bytes(bytes(data))
