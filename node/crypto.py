@@ -75,12 +75,10 @@ _SHA256_SIZE = 32
 _MAX_DOMAIN = 255
 _MIN_HMAC_TAG = 16
 _MAX_RANDOM = 1 << 20
-_BLAKE2B_MAX_SIZE = 64
-_BLAKE2B_MAX_KEY = 64
-_BLAKE2B_MAX_PERSON = 16
 _ARGON2_MIN_SIZE = 16
 _ARGON2_MAX_SIZE = 64
 _NACL_ERRORS = (nacl.exceptions.CryptoError, ValueError, TypeError, RuntimeError)
+_STDLIB_ERRORS = (TypeError, ValueError, OverflowError)
 
 Rng = Callable[[int], bytes]
 """Source of randomness passed into pure code: ``rng(n)`` returns ``n`` random bytes."""
@@ -298,20 +296,23 @@ def aead_decrypt(
 
 
 def blake2b(data: bytes, *, size: int = 32, key: bytes = b"", person: bytes = b"") -> bytes:
-    """BLAKE2b (stdlib). ``person`` (<= 16 bytes) separates domains; ``key`` makes it a MAC."""
-    size = _require_int(size, 1, _BLAKE2B_MAX_SIZE, "BLAKE2b size")
-    key = _require_bytes(key, None, "BLAKE2b key")
-    person = _require_bytes(person, None, "BLAKE2b person")
-    if len(key) > _BLAKE2B_MAX_KEY or len(person) > _BLAKE2B_MAX_PERSON:
-        raise _misuse("BLAKE2b key must be <= 64 bytes and person <= 16 bytes")
-    data = _require_bytes(data, None, "BLAKE2b input")
-    return hashlib.blake2b(data, digest_size=size, key=key, person=person).digest()
+    """BLAKE2b (stdlib). ``person`` (<= 16 bytes) separates domains; ``key`` makes it a MAC.
+
+    ``size`` is 1..64, ``key`` <= 64 bytes. hashlib's own checks are used (this is called per
+    chunk entry and per id, so it stays a single C call); its errors become ours.
+    """
+    try:
+        return hashlib.blake2b(data, digest_size=size, key=key, person=person).digest()
+    except _STDLIB_ERRORS as exc:
+        raise _misuse("BLAKE2b needs bytes, size 1..64, key <= 64 and person <= 16 bytes") from exc
 
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
     """HMAC-SHA256 (RFC 2104 / 4231); any key length, as the RFC allows."""
-    key = _require_bytes(key, None, "HMAC key")
-    return _hmac.new(key, _require_bytes(data, None, "HMAC input"), hashlib.sha256).digest()
+    try:
+        return _hmac.digest(key, data, "sha256")
+    except _STDLIB_ERRORS as exc:
+        raise _misuse("HMAC key and input must be bytes") from exc
 
 
 def hmac_sha256_verify(key: bytes, data: bytes, tag: bytes) -> None:
@@ -335,15 +336,15 @@ def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int) -> bytes:
     length = _require_int(length, 1, 255 * _SHA256_SIZE, "HKDF length")
     salt = _require_bytes(salt, None, "HKDF salt")
     info = _require_bytes(info, None, "HKDF info")
-    prk = hmac_sha256(salt or bytes(_SHA256_SIZE), _require_bytes(ikm, None, "HKDF input key"))
-    output = b""
+    prk = hmac_sha256(salt or bytes(_SHA256_SIZE), ikm)
+    if length <= _SHA256_SIZE:  # the usual case (one key), without the loop's overhead
+        return _hmac.digest(prk, info + b"\x01", "sha256")[:length]
+    blocks = []
     block = b""
-    counter = 1
-    while len(output) < length:
-        block = hmac_sha256(prk, block + info + bytes([counter]))
-        output += block
-        counter += 1
-    return output[:length]
+    for counter in range(1, -(-length // _SHA256_SIZE) + 1):
+        block = _hmac.digest(prk, block + info + bytes((counter,)), "sha256")
+        blocks.append(block)
+    return b"".join(blocks)[:length]
 
 
 class Argon2Params:
