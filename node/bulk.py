@@ -1,0 +1,210 @@
+"""Bulk streams: one QUIC bidirectional stream per transfer, bounded both ways.
+
+A bulk stream is a byte stream (``write`` / ``read`` / ``close``) carried as
+:class:`~node.channel.BulkData` frames of at most :data:`CHUNK` bytes. Each direction is
+credit-controlled (:class:`~node.channel.Credit` frames travel back on the same stream), so a
+receiver holds at most ``bulk_window`` unread bytes per stream: a slow reader slows the writer
+instead of filling memory. Credit is granted only while our own side is open, so **finish
+reading before** :meth:`BulkStream.close` if the peer still has more than a window to send.
+
+The opener's first frame is an application header message, handed to the peer's bulk handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from node import wire
+from node.channel import FIRST_APPLICATION_TYPE, BulkData, Credit, ReceiveCredit, SendCredit
+from node.config import TransportConfig
+from node.errors import ConnectionClosedError, OperationTimeoutError, PeerlineError
+from node.errors import RemoteProtocolError as _Remote
+
+if TYPE_CHECKING:
+    from node.connection import Link
+
+__all__ = ["CHUNK", "BulkStream"]
+
+CHUNK = 32 * 1024
+"""Largest :class:`BulkData` payload a writer sends (fits the initial credit)."""
+
+HeaderCallback = Callable[[wire.Message, "BulkStream"], None]
+
+
+class BulkStream:
+    """One side of a bulk transfer. Not thread-safe; one reader and one writer at a time."""
+
+    def __init__(
+        self,
+        link: Link,
+        stream_id: int,
+        config: TransportConfig,
+        *,
+        on_done: Callable[[int], None],
+    ) -> None:
+        self.stream_id = stream_id
+        self._link = link
+        self._timeout = config.request_timeout
+        self._chunk = min(CHUNK, config.max_frame_size - 64)
+        self._on_done = on_done
+        self._decoder = wire.FrameDecoder(max_frame=config.max_frame_size)
+        self._recv = ReceiveCredit(config.bulk_window)
+        self._send = SendCredit()
+        self._chunks: deque[tuple[bytes, int]] = deque()
+        self._carry = 0
+        self._readable = asyncio.Event()
+        self._credited = asyncio.Event()
+        self._eof = False
+        self._finished = False
+        self._error: PeerlineError | None = None
+        self._on_header: HeaderCallback | None = None
+
+    def __repr__(self) -> str:
+        return f"BulkStream({self.stream_id})"
+
+    async def __aenter__(self) -> BulkStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ reading
+
+    async def read(self) -> bytes:
+        """The next chunk of bytes (at most :data:`CHUNK`), or ``b""`` once the peer finished."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        data, share = self._chunks.popleft()
+        self._recv.release(share)
+        self._grant()
+        self._check_done()
+        return data
+
+    async def read_all(self, limit: int) -> bytes:
+        """Everything until the peer finishes; refuses more than ``limit`` bytes."""
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await self.read():
+            size += len(chunk)
+            if size > limit:
+                self.abort(0)
+                raise _Remote(f"bulk data exceeds {limit} bytes", code="limit.bulk_size")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    # ------------------------------------------------------------------ writing
+
+    async def write(self, data: bytes) -> None:
+        """Send ``data``; waits for credit (``OperationTimeoutError`` after request_timeout)."""
+        view = memoryview(data)
+        for start in range(0, len(view), self._chunk):
+            chunk = bytes(view[start : start + self._chunk])
+            await self.write_frame(wire.encode_frame(BulkData(chunk)))
+
+    async def write_frame(self, frame: bytes) -> None:
+        """Send one encoded frame once the peer's credit allows it."""
+        while True:
+            self._check_writable()
+            if self._send.consume(len(frame)):
+                break
+            self._credited.clear()
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._credited.wait()
+            except TimeoutError:
+                raise OperationTimeoutError(
+                    "bulk peer granted no credit in time", code="transport.credit_timeout"
+                ) from None
+        self._link.send(self.stream_id, frame)
+
+    async def close(self) -> None:
+        """Finish our side (the peer reads ``b""``). Idempotent; no effect after a failure."""
+        if not self._finished and self._error is None:
+            self._finished = True
+            self._link.send(self.stream_id, b"", end=True)
+            self._check_done()
+
+    def abort(self, code: int) -> None:
+        """Reset the stream both ways; both sides' pending calls fail."""
+        if self._error is None:
+            self._link.reset(self.stream_id, code)
+            self.fail(ConnectionClosedError("bulk stream aborted", code="bulk.reset"))
+
+    # ------------------------------------------------------------------ from the connection
+
+    def expect_header(self, callback: HeaderCallback) -> None:
+        """The peer opened this stream: its first frame is a header for ``callback``."""
+        self._on_header = callback
+
+    def receive(self, data: bytes, end: bool) -> None:
+        """Bytes from QUIC; raises :class:`RemoteProtocolError` on a protocol violation."""
+        decoder = self._decoder
+        before = decoder.buffered
+        frames = decoder.feed(data)
+        self._recv.received(len(data))
+        self._carry += before + len(data) - decoder.buffered
+        if frames:
+            shares = [self._carry // len(frames)] * len(frames)
+            shares[-1] += self._carry - sum(shares)
+            self._carry = 0
+            for frame, share in zip(frames, shares, strict=True):
+                self._receive_frame(frame, share)
+        if end:
+            if decoder.buffered:
+                raise _Remote("bulk stream ended inside a frame", code="channel.protocol")
+            self._eof = True
+            self._check_done()
+        self._readable.set()
+
+    def _receive_frame(self, frame: wire.Message, share: int) -> None:
+        if self._on_header is not None:
+            callback, self._on_header = self._on_header, None
+            if frame.type_id < FIRST_APPLICATION_TYPE:
+                raise _Remote("bulk stream must start with a header", code="channel.protocol")
+            self._recv.release(share)
+            callback(frame, self)
+        elif isinstance(frame, BulkData):
+            self._chunks.append((frame.data, share))
+        elif isinstance(frame, Credit):
+            self._recv.release(share)
+            if self._send.grant(frame.limit):
+                self._credited.set()
+        else:
+            raise _Remote(f"{type(frame).__name__} on a bulk stream", code="channel.protocol")
+
+    def fail(self, error: PeerlineError) -> None:
+        if self._error is None:
+            self._error = error
+            self._chunks.clear()
+            self._readable.set()
+            self._credited.set()
+            self._on_done(self.stream_id)
+
+    # ------------------------------------------------------------------ internals
+
+    def announce(self) -> None:
+        """Send our initial credit (after the header, on the opener's side)."""
+        self._grant()
+
+    def _grant(self) -> None:
+        limit = self._recv.grant_due()
+        if limit is not None and not self._finished and self._error is None:
+            self._link.send(self.stream_id, wire.encode_frame(Credit(limit)))
+
+    def _check_writable(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._finished:
+            raise ConnectionClosedError("bulk stream already closed", code="bulk.closed")
+
+    def _check_done(self) -> None:
+        if self._eof and self._finished and not self._chunks:
+            self._on_done(self.stream_id)

@@ -1,0 +1,562 @@
+"""One authenticated peer connection: auth driving, requests, one-way frames, bulk streams.
+
+This module is asyncio but knows nothing of aioquic: ``node/transport.py`` feeds it QUIC
+events (``handshake_complete``, ``stream_data``, ``stream_reset``, ``terminated``) and gives
+it a :class:`Link` to send through. The stream layout and credit rules are in
+:mod:`node.channel`; authentication is :mod:`node.auth`.
+
+Contracts:
+
+- Nothing but auth frames is processed before the peer is authenticated; data on any other
+  stream before that closes the connection (``auth.unexpected_frame``).
+- Inbound requests and one-way frames are handled **in order, one at a time** by one worker
+  task per connection, which calls the handler. The bytes waiting for it are bounded by the
+  control credit window; a peer that overruns the credit is disconnected (``limit.credit``).
+- ``send``/``request`` wait (up to ``request_timeout``) for credit: this is the backpressure.
+- Every failure of the peer (garbage, overrun, bad proof) closes *this* connection with a
+  reason code; nothing propagates to other connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from node import wire
+from node.auth import Authenticated, DialerAuth, ListenerAuth
+from node.bulk import BulkStream
+from node.channel import (
+    CloseCode,
+    Credit,
+    Failure,
+    Goodbye,
+    Incoming,
+    IncomingDecoder,
+    ReceiveCredit,
+    Reply,
+    ReplyDecoder,
+    Request,
+    RequestIds,
+    Response,
+    SendCredit,
+    share_bytes,
+)
+from node.config import TransportConfig
+from node.crypto import Rng
+from node.errors import (
+    AuthenticationError,
+    ConnectionClosedError,
+    LimitExceededError,
+    LocalProtocolError,
+    OperationTimeoutError,
+    PeerlineError,
+    RemoteProtocolError,
+    RequestFailedError,
+)
+from node.identity import Identity, PeerId
+
+__all__ = ["BulkHandler", "CloseInfo", "Connection", "Handler", "Link", "Observer"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["Connection", wire.Message], Awaitable[wire.Message | None]]
+"""``async handler(conn, message) -> response | None``; the response is used for requests."""
+
+BulkHandler = Callable[["Connection", wire.Message, BulkStream], Awaitable[None]]
+"""``async handler(conn, header, stream)`` for a bulk stream the peer opened."""
+
+_DIALER_CONTROL, _LISTENER_CONTROL = 2, 3  # client / server unidirectional stream ids
+_REPLY_OFFSET = 4
+_TLS_ALERTS = range(0x100, 0x200)
+
+
+class Link(Protocol):
+    """What a connection needs from the QUIC adapter."""
+
+    def now(self) -> float: ...
+
+    def send(self, stream_id: int, data: bytes, end: bool = False) -> None: ...
+
+    def open_bidi_stream(self) -> int: ...
+
+    def reset(self, stream_id: int, code: int) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+class Observer(Protocol):
+    """The transport's view of a connection's life."""
+
+    def authenticated(self, conn: Connection) -> None: ...
+
+    def closed(self, conn: Connection) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CloseInfo:
+    """Why a connection ended. ``reason`` starts with a dotted error code when we know one."""
+
+    code: int
+    reason: str
+    by_peer: bool
+    transport_error: bool = False
+
+    def error(self) -> PeerlineError:
+        """The error that operations pending on this connection raise."""
+        if self.transport_error and self.code in _TLS_ALERTS:
+            return AuthenticationError(f"TLS handshake failed: {self.reason}", code="auth.tls")
+        code, _, _ = self.reason.partition(":")
+        message = f"connection closed: {self.reason or 'no reason'}"
+        family = code.split(".", 1)[0] if "." in code and " " not in code else ""
+        if family == "auth":
+            return AuthenticationError(message, code=code)
+        if family == "limit":
+            return LimitExceededError(message, code=code)
+        if family in ("wire", "channel"):
+            return RemoteProtocolError(message, code=code)
+        return ConnectionClosedError(message)
+
+
+def _reason(error: PeerlineError) -> str:
+    return f"{error.code}: {error.message}"[:200]
+
+
+class Connection:
+    """An authenticated link to one peer (``peer_id`` is set once authentication succeeded)."""
+
+    def __init__(
+        self,
+        link: Link,
+        identity: Identity,
+        config: TransportConfig,
+        observer: Observer,
+        *,
+        expected: PeerId | None,
+        remote_address: tuple[str, int],
+        rng: Rng,
+    ) -> None:
+        self._link = link
+        self._config = config
+        self._observer = observer
+        self._loop = asyncio.get_running_loop()
+        self.is_dialer = expected is not None
+        self.remote_address = remote_address
+        self.local_peer_id = identity.peer_id
+        self.peer_id: PeerId | None = None
+        now = link.now()
+        self._auth: DialerAuth | ListenerAuth
+        if expected is not None:
+            self._auth = DialerAuth(identity, expected, now=now, timeout=config.handshake_timeout)
+        else:
+            self._auth = ListenerAuth(identity, now=now, timeout=config.handshake_timeout, rng=rng)
+        ours, theirs = (
+            (_DIALER_CONTROL, _LISTENER_CONTROL)
+            if self.is_dialer
+            else (_LISTENER_CONTROL, _DIALER_CONTROL)
+        )
+        self._control_out, self._reply_out = ours, ours + _REPLY_OFFSET
+        self._control_in, self._reply_in = theirs, theirs + _REPLY_OFFSET
+        self._control_decoder = wire.FrameDecoder(max_frame=config.max_frame_size)
+        self._reply_decoder = wire.FrameDecoder(max_frame=config.max_frame_size)
+        self._incoming = IncomingDecoder()
+        self._replies = ReplyDecoder()
+        self._send_credit = SendCredit()
+        self._recv_credit = ReceiveCredit(config.control_window)
+        self._carry = 0
+        self._header_share = 0
+        self._inbox: deque[tuple[Incoming, int]] = deque()
+        self._wakeup = asyncio.Event()
+        self._credit_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._pending: dict[int, asyncio.Future[wire.Message]] = {}
+        self._ids = RequestIds()
+        self._bulk: dict[int, BulkStream] = {}
+        self._last_peer_stream = -1
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._worker: asyncio.Task[None] | None = None
+        self.handler: Handler | None = None
+        self.bulk_handler: BulkHandler | None = None
+        self.ready: asyncio.Future[None] = self._loop.create_future()
+        self.closed: asyncio.Future[CloseInfo] = self._loop.create_future()
+        self._auth_timer = self._loop.call_at(now + config.handshake_timeout, self._on_auth_timer)
+        self._flush_auth()
+
+    def __repr__(self) -> str:
+        who = self.peer_id.short() if self.peer_id else "unauthenticated"
+        side = "out" if self.is_dialer else "in"
+        return f"Connection({who}, {side}, {self.remote_address[0]}:{self.remote_address[1]})"
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def is_open(self) -> bool:
+        return self.peer_id is not None and not self.closed.done()
+
+    def set_handler(self, handler: Handler | None) -> None:
+        """Handle requests and one-way frames from this peer (replaces the transport default)."""
+        self.handler = handler
+
+    def set_bulk_handler(self, handler: BulkHandler | None) -> None:
+        self.bulk_handler = handler
+
+    async def send(self, message: wire.Message, *, timeout: float | None = None) -> None:
+        """Send a one-way frame; waits for credit (``OperationTimeoutError`` after ``timeout``)."""
+        await self._send_control(self._encode(message), timeout)
+
+    async def request(self, message: wire.Message, *, timeout: float | None = None) -> wire.Message:
+        """Send a request and wait for its response.
+
+        Raises :class:`RequestFailedError` (the peer's code) if the peer's handler failed,
+        :class:`OperationTimeoutError` (``request.timeout``) after ``timeout`` (default
+        ``request_timeout``), :class:`ConnectionClosedError` (or the close reason's error) if
+        the connection ends, :class:`LimitExceededError` (``limit.pending_requests``) if too
+        many of our requests are already waiting.
+        """
+        self._check_open()
+        if len(self._pending) >= self._config.max_pending_requests:
+            raise LimitExceededError("too many pending requests", code="limit.pending_requests")
+        budget = self._config.request_timeout if timeout is None else timeout
+        request_id = self._ids.allocate(self._pending)
+        future: asyncio.Future[wire.Message] = self._loop.create_future()
+        self._pending[request_id] = future
+        try:
+            async with asyncio.timeout(budget):
+                data = wire.encode_frame(Request(request_id)) + self._encode(message)
+                await self._send_control(data, None)
+                return await future
+        except TimeoutError:
+            raise OperationTimeoutError(
+                f"no response within {budget:.3g} s", code="request.timeout"
+            ) from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def open_bulk(self, header: wire.Message) -> BulkStream:
+        """Open a bulk stream; ``header`` tells the peer's bulk handler what it carries."""
+        self._check_open()
+        stream = self._new_bulk(self._link.open_bidi_stream())
+        await stream.write_frame(self._encode(header))
+        stream.announce()
+        return stream
+
+    async def close(
+        self, code: int = CloseCode.NORMAL, reason: str = "transport.closed: closed by peer"
+    ) -> None:
+        """Graceful close: the peer handles every frame we sent before it, then both sides close.
+
+        Waits at most ``close_timeout`` for the peer, then closes anyway.
+        """
+        if self.closed.done():
+            return
+        if self.peer_id is not None:
+            goodbye = wire.encode_frame(Goodbye(int(code), reason[:200]))
+            if self._send_credit.consume(len(goodbye)):
+                self._link.send(self._control_out, goodbye)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self.closed), self._config.close_timeout)
+        self.abort(code, reason)
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close at once (no waiting for the peer); pending operations fail."""
+        if self.closed.done():
+            return
+        self._link.close(int(code), reason)
+        self._terminate(CloseInfo(int(code), reason, by_peer=False))
+
+    # ------------------------------------------------------------------ events from transport
+
+    def handshake_complete(self, certificate_key: bytes | None) -> None:
+        if isinstance(self._auth, DialerAuth):
+            self._auth.certificate_received(certificate_key, self._link.now())
+            self._flush_auth()
+
+    def stream_data(self, stream_id: int, data: bytes, end: bool) -> None:
+        if self.closed.done():
+            return
+        try:
+            if stream_id == self._control_in:
+                self._on_control(data)
+            elif self.peer_id is None:
+                raise AuthenticationError(
+                    "data before authentication", code="auth.unexpected_frame"
+                )
+            elif stream_id == self._reply_in:
+                self._on_reply(data)
+            elif stream_id % 4 in (0, 1):
+                self._on_bulk(stream_id, data, end)
+            else:
+                raise RemoteProtocolError("unexpected stream", code="channel.protocol")
+        except PeerlineError as exc:
+            self._fail(exc)
+
+    def stream_reset(self, stream_id: int, code: int) -> None:
+        stream = self._bulk.pop(stream_id, None)
+        if stream is not None:
+            stream.fail(RemoteProtocolError(f"bulk stream reset ({code})", code="bulk.reset"))
+        elif stream_id in (self._control_in, self._reply_in) and not self.closed.done():
+            self._fail(RemoteProtocolError("control stream reset", code="channel.protocol"))
+
+    def terminated(self, info: CloseInfo) -> None:
+        self._terminate(info)
+
+    # ------------------------------------------------------------------ authentication
+
+    def _flush_auth(self) -> None:
+        frames = self._auth.frames_to_send()
+        if frames:
+            self._link.send(self._control_out, b"".join(wire.encode_frame(f) for f in frames))
+        event = self._auth.next_event()
+        while event is not None:
+            if isinstance(event, Authenticated):
+                self._authenticated(event.peer)
+            else:
+                code = CloseCode.TIMEOUT if event.error.code == "auth.timeout" else None
+                self.abort(code or CloseCode.AUTH_FAILED, _reason(event.error))
+            event = self._auth.next_event()
+
+    def _on_auth_timer(self) -> None:
+        self._auth.handle_timer(self._link.now())
+        self._flush_auth()
+
+    def _authenticated(self, peer: PeerId) -> None:
+        self.peer_id = peer
+        self._auth_timer.cancel()
+        self._grant_credit()
+        self._worker = self._loop.create_task(self._work(), name=f"peerline-conn-{peer.short()}")
+        self._observer.authenticated(self)
+
+    # ------------------------------------------------------------------ control stream
+
+    def _on_control(self, data: bytes) -> None:
+        decoder = self._control_decoder
+        before = decoder.buffered
+        frames = decoder.feed(data)
+        self._recv_credit.received(len(data))
+        self._carry += before + len(data) - decoder.buffered
+        if not frames:
+            return
+        shares = share_bytes(self._carry, len(frames))
+        self._carry = 0
+        for frame, share in zip(frames, shares, strict=True):
+            if self.closed.done():
+                return
+            if self.peer_id is None:
+                self._auth.receive_frame(frame, self._link.now())
+                self._recv_credit.release(share)
+                self._flush_auth()
+                continue
+            if isinstance(frame, Goodbye):
+                self._inbox.append((Incoming(frame, None), share))
+                continue
+            event = self._incoming.receive(frame)
+            if event is None:
+                self._header_share += share
+                continue
+            self._inbox.append((event, share + self._header_share))
+            self._header_share = 0
+        self._wakeup.set()
+
+    async def _work(self) -> None:
+        inbox = self._inbox
+        while True:
+            while not inbox:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            event, share = inbox.popleft()
+            if isinstance(event.message, Goodbye):
+                self.abort(event.message.code, event.message.reason)
+                return
+            await self._dispatch(event)
+            self._recv_credit.release(share)
+            self._grant_credit()
+
+    async def _dispatch(self, event: Incoming) -> None:
+        handler = self.handler
+        if event.request_id is None:
+            if handler is not None:
+                try:
+                    await handler(self, event.message)
+                except Exception:
+                    log.exception("one-way handler failed for %r", self)
+            return
+        try:
+            if handler is None:
+                raise LocalProtocolError("no request handler", code="request.unhandled")
+            result = await handler(self, event.message)
+            if result is None:
+                raise LocalProtocolError("the handler gave no response", code="request.unhandled")
+            data = wire.encode_frame(Response(event.request_id)) + self._encode(result)
+        except PeerlineError as exc:
+            data = wire.encode_frame(Failure(event.request_id, exc.code[:64], exc.message[:256]))
+        except Exception:
+            log.exception("request handler failed for %r", self)
+            data = wire.encode_frame(Failure(event.request_id, "internal", "handler failed"))
+        if not self.closed.done():
+            self._link.send(self._reply_out, data)
+
+    def _grant_credit(self) -> None:
+        limit = self._recv_credit.grant_due()
+        if limit is not None and not self.closed.done():
+            self._link.send(self._reply_out, wire.encode_frame(Credit(limit)))
+
+    # ------------------------------------------------------------------ reply stream
+
+    def _on_reply(self, data: bytes) -> None:
+        for frame in self._reply_decoder.feed(data):
+            event = self._replies.receive(frame)
+            if isinstance(event, Credit):
+                if self._send_credit.grant(event.limit):
+                    self._wake_credit_waiters()
+            elif isinstance(event, Reply):
+                self._resolve(event)
+
+    def _resolve(self, reply: Reply) -> None:
+        future = self._pending.get(reply.id)
+        if future is None or future.done():
+            return  # late reply of a timed-out request: dropped, costs nothing
+        if reply.message is not None:
+            future.set_result(reply.message)
+        else:
+            future.set_exception(RequestFailedError(reply.error_message, code=reply.error_code))
+
+    # ------------------------------------------------------------------ sending with credit
+
+    def _encode(self, message: wire.Message) -> bytes:
+        data = wire.encode_frame(message)
+        if len(data) - wire.LENGTH_PREFIX.size > self._config.max_frame_size:
+            raise LocalProtocolError(
+                f"{type(message).__name__} frame exceeds max_frame_size", code="limit.frame_size"
+            )
+        return data
+
+    def _check_open(self) -> None:
+        if self.closed.done():
+            raise self.closed.result().error()
+        if self.peer_id is None:
+            raise LocalProtocolError("connection not authenticated yet", code="transport.not_ready")
+
+    async def _send_control(self, data: bytes, timeout: float | None) -> None:
+        self._check_open()
+        if self._credit_waiters or not self._send_credit.consume(len(data)):
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            entry = (len(data), waiter)
+            self._credit_waiters.append(entry)
+            budget = self._config.request_timeout if timeout is None else timeout
+            try:
+                async with asyncio.timeout(budget):
+                    await waiter
+            except TimeoutError:
+                raise OperationTimeoutError(
+                    "peer granted no credit in time", code="transport.credit_timeout"
+                ) from None
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._credit_waiters.remove(entry)
+            self._check_open()
+        self._link.send(self._control_out, data)
+
+    def _wake_credit_waiters(self) -> None:
+        waiters = self._credit_waiters
+        while waiters:
+            size, waiter = waiters[0]
+            if waiter.done():
+                waiters.popleft()
+                continue
+            if not self._send_credit.consume(size):
+                return
+            waiters.popleft()
+            waiter.set_result(None)
+
+    # ------------------------------------------------------------------ bulk streams
+
+    def _new_bulk(self, stream_id: int) -> BulkStream:
+        stream = BulkStream(self._link, stream_id, self._config, on_done=self._bulk_done)
+        self._bulk[stream_id] = stream
+        return stream
+
+    def _bulk_done(self, stream_id: int) -> None:
+        self._bulk.pop(stream_id, None)
+
+    def _on_bulk(self, stream_id: int, data: bytes, end: bool) -> None:
+        stream = self._bulk.get(stream_id)
+        if stream is None:
+            if not self._peer_opened(stream_id) or stream_id <= self._last_peer_stream:
+                return  # a stream that already ended or was refused: late data is dropped
+            self._last_peer_stream = stream_id
+            if len(self._bulk) >= self._config.max_streams_per_connection:
+                self._link.reset(stream_id, CloseCode.LIMIT)
+                return
+            stream = self._new_bulk(stream_id)
+            stream.expect_header(self._start_bulk_handler)
+            stream.announce()
+        stream.receive(data, end)
+
+    def _peer_opened(self, stream_id: int) -> bool:
+        return (stream_id % 2 == 1) == self.is_dialer
+
+    def _start_bulk_handler(self, header: wire.Message, stream: BulkStream) -> None:
+        handler = self.bulk_handler
+        if handler is None:
+            stream.abort(CloseCode.PROTOCOL)
+            return
+        task = self._loop.create_task(self._run_bulk(handler, header, stream))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_bulk(
+        self, handler: BulkHandler, header: wire.Message, stream: BulkStream
+    ) -> None:
+        try:
+            await handler(self, header, stream)
+        except PeerlineError as exc:
+            log.info("bulk handler of %r ended: %s", self, exc.code)
+            stream.abort(CloseCode.PROTOCOL)
+        except Exception:
+            log.exception("bulk handler failed for %r", self)
+            stream.abort(CloseCode.INTERNAL)
+
+    # ------------------------------------------------------------------ teardown
+
+    def _fail(self, error: PeerlineError) -> None:
+        code = CloseCode.LIMIT if isinstance(error, LimitExceededError) else CloseCode.PROTOCOL
+        if isinstance(error, AuthenticationError):
+            code = CloseCode.AUTH_FAILED
+        log.info("closing %r: %s", self, error.code)
+        self.abort(code, _reason(error))
+
+    def _terminate(self, info: CloseInfo) -> None:
+        if self.closed.done():
+            return
+        self._auth_timer.cancel()
+        self.closed.set_result(info)
+        error = info.error()
+        if not self.ready.done():
+            self.ready.set_exception(error)
+            self.ready.exception()  # mark retrieved: nobody may be waiting
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        for _, waiter in self._credit_waiters:
+            if not waiter.done():
+                waiter.set_result(None)  # the sender re-checks and raises the close error
+        for stream in list(self._bulk.values()):
+            stream.fail(error)
+        self._bulk.clear()
+        if self._worker is not None:
+            self._worker.cancel()
+        for task in self._tasks:
+            task.cancel()
+        self._inbox.clear()
+        self._observer.closed(self)
+
+    async def wait_closed(self) -> CloseInfo:
+        """Wait for the end of the connection and for its worker and bulk tasks to finish."""
+        info = await asyncio.shield(self.closed)
+        tasks = [t for t in (self._worker, *self._tasks) if t is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return info

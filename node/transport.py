@@ -1,0 +1,703 @@
+"""QUIC transport: the only module that imports aioquic.
+
+One UDP socket per node both dials and accepts; datagrams are routed to connections by
+destination connection ID (aioquic's ``connect()`` would open a socket per dial). ALPN is
+``peerline/1``; the TLS certificate is self-signed with the node's Ed25519 identity key; Retry
+validates every inbound address before any per-connection state exists; there are no session
+tickets and no 0-RTT (resumed handshakes carry no certificate).
+
+Inbound limits (total connections, connections per IP, handshakes per second per IP) are
+checked on the first address-validated Initial and refused with a QUIC ``CONNECTION_REFUSED``
+close whose reason is the limit's error code, before any TLS work.
+
+Authentication, framing and credit live in :mod:`node.connection` and :mod:`node.auth`; this
+module turns aioquic events into calls on :class:`~node.connection.Connection` and enforces
+"one connection per pair of peers": when two authenticated connections to the same peer exist,
+both sides keep the one dialed by the smaller PeerId (or the newer one if both were dialed by
+the same side, e.g. after the peer restarted) and close the other with ``DUPLICATE``.
+
+The only private aioquic access is :func:`peer_certificate_key` (pinned aioquic==1.7.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported, untyped
+from aioquic.quic import events
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.connection import TRANSPORT_CLOSE_FRAME_CAPACITY, QuicConnection
+from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.packet import (
+    QuicErrorCode,
+    QuicFrameType,
+    QuicHeader,
+    QuicPacketType,
+    encode_quic_retry,
+    pull_quic_header,
+)
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.retry import QuicRetryTokenHandler
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
+
+from node.backoff import Backoff, TokenBuckets
+from node.bulk import BulkStream
+from node.channel import CloseCode
+from node.config import TransportConfig
+from node.connection import BulkHandler, CloseInfo, Connection, Handler
+from node.crypto import Rng, random_bytes
+from node.errors import (
+    AuthenticationError,
+    DialError,
+    LimitExceededError,
+    LocalProtocolError,
+    PeerlineError,
+)
+from node.identity import Identity, PeerId
+
+__all__ = [
+    "ALPN",
+    "Address",
+    "BulkStream",
+    "Connection",
+    "Transport",
+    "peer_certificate_key",
+]
+
+log = logging.getLogger(__name__)
+
+ALPN = "peerline/1"
+Address = tuple[str, int]
+_CID_LENGTH = 8
+
+
+def _certificate(identity: Identity) -> tuple[x509.Certificate, ed25519.Ed25519PrivateKey]:
+    """A self-signed certificate for the identity key (validity is not checked by peers)."""
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(identity.signing_key.seed())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.peer_id.text())])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(int.from_bytes(identity.peer_id.key[:16], "big") >> 1 or 1)
+        .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
+        .not_valid_after(datetime.datetime(9999, 12, 31, tzinfo=datetime.UTC))
+        .sign(key, algorithm=None)
+    )
+    return certificate, key
+
+
+def peer_certificate_key(quic: QuicConnection) -> bytes | None:
+    """The raw Ed25519 key of the peer's TLS certificate, or ``None``.
+
+    The single use of aioquic private API (``tls._peer_certificate``, no public accessor in
+    1.7.2). TLS has already checked CertificateVerify with this key, so the peer holds it.
+    """
+    certificate = getattr(getattr(quic, "tls", None), "_peer_certificate", None)
+    if not isinstance(certificate, x509.Certificate):
+        return None
+    key = certificate.public_key()
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        return None
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _refusal(version: int, source_cid: bytes, destination_cid: bytes, reason: str) -> bytes:
+    """A server Initial closing the handshake with CONNECTION_REFUSED and ``reason``."""
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=source_cid, is_client=False, version=version)
+    builder = QuicPacketBuilder(
+        host_cid=source_cid,
+        is_client=False,
+        max_datagram_size=SMALLEST_MAX_DATAGRAM_SIZE,
+        peer_cid=destination_cid,
+        version=version,
+    )
+    phrase = reason.encode("ascii")[:100]
+    builder.start_packet(QuicPacketType.INITIAL, crypto)
+    buf = builder.start_frame(
+        QuicFrameType.TRANSPORT_CLOSE, capacity=TRANSPORT_CLOSE_FRAME_CAPACITY + len(phrase)
+    )
+    buf.push_uint_var(QuicErrorCode.CONNECTION_REFUSED)
+    buf.push_uint_var(QuicFrameType.PADDING)
+    buf.push_uint_var(len(phrase))
+    buf.push_bytes(phrase)
+    datagrams, _ = builder.flush()
+    return datagrams[0]
+
+
+def _plain_ip(host: str) -> str:
+    """``::ffff:1.2.3.4`` -> ``1.2.3.4``; other addresses unchanged (for limits and display)."""
+    with contextlib.suppress(ValueError):
+        address = ipaddress.ip_address(host)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+    return host
+
+
+class _Link:
+    """One QUIC connection on the shared socket; implements :class:`node.connection.Link`."""
+
+    def __init__(self, transport: Transport, quic: QuicConnection, address: tuple[object, ...]):
+        self._transport = transport
+        self._loop = transport.loop
+        self.quic = quic
+        self.address = address
+        self.ip = _plain_ip(str(address[0]))
+        self.cids: set[bytes] = set()
+        self.connection: Connection | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._transmit_handle: asyncio.Handle | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
+
+    def start(self, expected: PeerId | None) -> Connection:
+        self.connection = self._transport.new_connection(
+            self, expected, (self.ip, int(str(self.address[1])))
+        )
+        return self.connection
+
+    # -- Link protocol used by Connection and BulkStream
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        try:
+            self.quic.send_stream_data(stream_id, data, end_stream=end)
+        except (ValueError, AssertionError) as exc:  # stream reset/finished by the peer
+            log.debug("dropped data for stream %d: %s", stream_id, exc)
+            return
+        if self._transmit_handle is None:
+            self._transmit_handle = self._loop.call_soon(self.transmit)
+
+    def open_bidi_stream(self) -> int:
+        stream_id = self.quic.get_next_available_stream_id(is_unidirectional=False)
+        self.quic.send_stream_data(stream_id, b"")  # creates it: the next call gets a new id
+        return stream_id
+
+    def reset(self, stream_id: int, code: int) -> None:
+        """Reset our sending side (aioquic 1.7.2 has no STOP_SENDING API)."""
+        with contextlib.suppress(ValueError, AssertionError):
+            self.quic.reset_stream(stream_id, code)
+        self.transmit()
+
+    def close(self, code: int, reason: str) -> None:
+        self.quic.close(error_code=code, reason_phrase=reason)
+        self.transmit()
+
+    # -- QUIC driving
+
+    def first_datagram(self, data: bytes, address: tuple[object, ...]) -> None:
+        """An accepted connection's ClientHello; the listener's machine starts after it."""
+        try:
+            self.quic.receive_datagram(data, address, now=self._loop.time())
+            self.start(None)  # the challenge needs the peer's stream limits from the hello
+            self._process_events()
+        except Exception:
+            log.exception("QUIC connection failed on its first datagram")
+            self.close(CloseCode.INTERNAL, "transport.internal: datagram processing failed")
+        self.transmit()
+
+    def datagram_received(self, data: bytes, address: tuple[object, ...]) -> None:
+        try:
+            self.quic.receive_datagram(data, address, now=self._loop.time())
+            self._process_events()
+        except Exception:  # a library bug must cost one connection, never the socket
+            log.exception("QUIC connection failed on a datagram")
+            self.close(CloseCode.INTERNAL, "transport.internal: datagram processing failed")
+        self.transmit()
+
+    def transmit(self) -> None:
+        self._transmit_handle = None
+        for data, address in self.quic.datagrams_to_send(now=self._loop.time()):
+            self._transport.sendto(data, address)
+        timer_at = self.quic.get_timer()
+        if self._timer is not None and self._timer_at != timer_at:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None and timer_at is not None:
+            self._timer = self._loop.call_at(timer_at, self._handle_timer)
+        self._timer_at = timer_at
+
+    def _handle_timer(self) -> None:
+        now = max(self._timer_at or 0.0, self._loop.time())
+        self._timer = None
+        self._timer_at = None
+        self.quic.handle_timer(now=now)
+        self._process_events()
+        self.transmit()
+
+    def _send_keepalive(self) -> None:
+        self.quic.send_ping(0)
+        self.transmit()
+        self._keepalive = self._loop.call_later(
+            self._transport.config.keepalive_interval, self._send_keepalive
+        )
+
+    def _process_events(self) -> None:
+        conn = self.connection
+        while (event := self.quic.next_event()) is not None:
+            if isinstance(event, events.StreamDataReceived):
+                if conn is not None:
+                    conn.stream_data(event.stream_id, event.data, event.end_stream)
+            elif isinstance(event, events.HandshakeCompleted):
+                if conn is not None:
+                    conn.handshake_complete(peer_certificate_key(self.quic))
+                self._keepalive = self._loop.call_later(
+                    self._transport.config.keepalive_interval, self._send_keepalive
+                )
+            elif isinstance(event, events.StreamReset | events.StopSendingReceived):
+                if conn is not None:
+                    conn.stream_reset(event.stream_id, event.error_code)
+            elif isinstance(event, events.ConnectionIdIssued):
+                self._transport.add_cid(event.connection_id, self)
+            elif isinstance(event, events.ConnectionIdRetired):
+                self._transport.remove_cid(event.connection_id)
+            elif isinstance(event, events.ConnectionTerminated):
+                self._terminated(event)
+
+    def _terminated(self, event: events.ConnectionTerminated) -> None:
+        self.dispose()
+        if self.connection is not None:
+            info = CloseInfo(
+                event.error_code,
+                event.reason_phrase,
+                by_peer=True,
+                transport_error=event.frame_type is not None,
+            )
+            self.connection.terminated(info)
+
+    def dispose(self) -> None:
+        """Forget this link: timers off, connection IDs unrouted."""
+        for handle in (self._timer, self._keepalive, self._transmit_handle):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._keepalive = self._transmit_handle = None
+        self._transport.forget(self)
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[object, ...]) -> None:
+        self._transport.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP error: %s", exc)
+
+
+class Transport:
+    """A node's QUIC endpoint: one socket, authenticated connections, configured limits.
+
+    Use ``async with Transport(identity, config) as t`` (binds 127.0.0.1 on a free port) or
+    ``await t.start(host, port)`` ... ``await t.aclose()``. Set the default handlers
+    (:meth:`set_handler`, :meth:`set_bulk_handler`) and :meth:`on_connection` before peers can
+    connect; they apply to every connection, dialed or accepted.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: TransportConfig | None = None,
+        *,
+        rng: Rng = random_bytes,
+    ) -> None:
+        self.identity = identity
+        self.peer_id = identity.peer_id
+        self.config = config or TransportConfig()
+        self._rng = rng
+        self._backoff = Backoff(
+            self.config.backoff_initial,
+            self.config.backoff_max,
+            self.config.backoff_factor,
+            self.config.backoff_jitter,
+        )
+        self._handshakes = TokenBuckets(
+            self.config.max_handshakes_per_second_per_ip,
+            self.config.handshake_burst,
+            self.config.max_tracked_ips,
+        )
+        self._handler: Handler | None = None
+        self._bulk_handler: BulkHandler | None = None
+        self._callbacks: list[Callable[[Connection], None]] = []
+        self._cids: dict[bytes, _Link] = {}
+        self._links: set[_Link] = set()
+        self._per_ip: dict[str, int] = {}
+        self._by_peer: dict[PeerId, Connection] = {}
+        self._peer_waiters: dict[PeerId, list[asyncio.Future[None]]] = {}
+        self._dials: dict[PeerId, asyncio.Task[Connection]] = {}
+        self._udp: asyncio.DatagramTransport | None = None
+        self._ipv6 = False
+        self._closing = False
+        self._retry = QuicRetryTokenHandler()
+        certificate, key = _certificate(identity)
+        self._server_config = self._quic_config(is_client=False)
+        self._server_config.certificate = certificate
+        self._server_config.private_key = key
+        self._client_config = self._quic_config(is_client=True)
+        self.dropped_datagrams = 0
+
+    def _quic_config(self, *, is_client: bool) -> QuicConfiguration:
+        return QuicConfiguration(
+            is_client=is_client,
+            alpn_protocols=[ALPN],
+            idle_timeout=self.config.idle_timeout,
+            connection_id_length=_CID_LENGTH,
+            verify_mode=ssl.CERT_NONE,  # we pin the key ourselves; CertificateVerify still runs
+            server_name="peerline",
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Bind the UDP socket (``"::"`` gives a dual-stack socket)."""
+        if self._udp is not None:
+            raise LocalProtocolError("transport already started", code="transport.started")
+        udp, _ = await self.loop.create_datagram_endpoint(
+            lambda: _Endpoint(self), local_addr=(host, port)
+        )
+        self._udp = udp
+        self._ipv6 = udp.get_extra_info("socket").family == socket.AF_INET6
+
+    @property
+    def address(self) -> Address:
+        """The bound ``(host, port)``."""
+        if self._udp is None:
+            raise LocalProtocolError("transport not started", code="transport.not_started")
+        host, port = self._udp.get_extra_info("sockname")[:2]
+        return str(host), int(port)
+
+    async def __aenter__(self) -> Transport:
+        if self._udp is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every connection (reason ``transport.shutdown``), stop every task, unbind."""
+        if self._closing:
+            return
+        self._closing = True
+        for task in list(self._dials.values()):
+            task.cancel()
+        connections = [link.connection for link in self._links if link.connection is not None]
+        for conn in connections:
+            conn.abort(CloseCode.SHUTDOWN, "transport.shutdown: node shutting down")
+        await asyncio.gather(
+            *(c.wait_closed() for c in connections), *self._dials.values(), return_exceptions=True
+        )
+        for link in list(self._links):
+            link.dispose()
+        if self._udp is not None:
+            self._udp.close()
+
+    # ------------------------------------------------------------------ application API
+
+    def set_handler(self, handler: Handler | None) -> None:
+        """Default request/one-way handler of new connections (see :data:`Handler`)."""
+        self._handler = handler
+
+    def set_bulk_handler(self, handler: BulkHandler | None) -> None:
+        self._bulk_handler = handler
+
+    def on_connection(self, callback: Callable[[Connection], None]) -> None:
+        """Call ``callback(conn)`` (synchronously) for each newly authenticated connection."""
+        self._callbacks.append(callback)
+
+    def connection(self, peer: PeerId) -> Connection | None:
+        """The open connection to ``peer``, if any."""
+        conn = self._by_peer.get(peer)
+        return conn if conn is not None and conn.is_open else None
+
+    @property
+    def connections(self) -> list[Connection]:
+        return [c for c in self._by_peer.values() if c.is_open]
+
+    async def dial(self, peer: PeerId, addresses: Sequence[Address]) -> Connection:
+        """An authenticated connection to ``peer`` (the existing one if open).
+
+        Tries each address in turn, up to ``dial_attempts`` rounds with backoff in between.
+        Raises :class:`AuthenticationError` at once if an address answers with another key,
+        :class:`DialError` (``dial.refused`` / ``dial.timeout`` / ``dial.failed``, the last
+        cause chained) when every attempt failed, :class:`LocalProtocolError` for our own peer id.
+        Concurrent dials of one peer share a single attempt.
+        """
+        self._check_running()
+        if peer == self.peer_id:
+            raise LocalProtocolError("a node cannot dial itself", code="dial.self")
+        existing = self.connection(peer)
+        if existing is not None:
+            return existing
+        if not addresses:
+            raise DialError(f"no address for {peer.short()}", code="dial.no_address")
+        task = self._dials.get(peer)
+        if task is None:
+            task = self.loop.create_task(self._dial(peer, list(addresses)))
+            self._dials[peer] = task
+            task.add_done_callback(lambda _: self._dials.pop(peer, None))
+        return await asyncio.shield(task)
+
+    async def _dial(self, peer: PeerId, addresses: list[Address]) -> Connection:
+        last: PeerlineError | None = None
+        for attempt in range(self.config.dial_attempts):
+            if attempt:
+                await asyncio.sleep(self._backoff.delay(attempt - 1, self._rng))
+            for address in addresses:
+                try:
+                    return await self._connect_once(peer, address)
+                except AuthenticationError:
+                    raise
+                except PeerlineError as exc:
+                    last = exc
+                existing = self.connection(peer)
+                if existing is not None:
+                    return existing
+        assert last is not None
+        code = "dial.failed"
+        if isinstance(last, LimitExceededError):
+            code = "dial.refused"
+        elif last.code.endswith("timeout"):
+            code = "dial.timeout"
+        raise DialError(
+            f"cannot reach {peer.short()}: {last.code}: {last.message}", code=code
+        ) from last
+
+    async def _connect_once(self, peer: PeerId, address: Address) -> Connection:
+        conn = self._open_client(peer, address)
+        try:
+            await asyncio.shield(conn.ready)
+        except PeerlineError:
+            info = conn.closed.result() if conn.closed.done() else None
+            if info is not None and info.code == CloseCode.DUPLICATE and not info.transport_error:
+                return await self._wait_for_peer(peer)
+            raise
+        return self._by_peer.get(peer, conn)
+
+    async def _wait_for_peer(self, peer: PeerId) -> Connection:
+        """After losing a simultaneous-dial race: the winning connection, once authenticated."""
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._peer_waiters.setdefault(peer, []).append(waiter)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter, self.config.handshake_timeout)
+        conn = self.connection(peer)
+        if conn is None:
+            raise DialError(f"lost the connection race to {peer.short()}", code="dial.failed")
+        return conn
+
+    # ------------------------------------------------------------------ links and limits
+
+    def _check_running(self) -> None:
+        if self._udp is None or self._closing:
+            raise LocalProtocolError("transport is not running", code="transport.not_running")
+
+    def _refusal_reason(self, ip: str) -> str | None:
+        if len(self._links) >= self.config.max_connections:
+            return "limit.connections: too many connections"
+        if self._per_ip.get(ip, 0) >= self.config.max_connections_per_ip:
+            return "limit.connections_per_ip: too many connections from this address"
+        return None
+
+    def _wire_address(self, address: Address) -> tuple[object, ...]:
+        host, port = address
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise DialError(f"not an IP address: {host!r}", code="dial.bad_address") from None
+        if isinstance(ip, ipaddress.IPv4Address) and self._ipv6:
+            return (f"::ffff:{ip}", port, 0, 0)
+        if isinstance(ip, ipaddress.IPv6Address) and not self._ipv6:
+            raise DialError("IPv6 address on an IPv4 socket", code="dial.bad_address")
+        return (str(ip), port, 0, 0) if self._ipv6 else (str(ip), port)
+
+    def _open_client(self, peer: PeerId, address: Address) -> Connection:
+        wire_address = self._wire_address(address)
+        reason = self._refusal_reason(_plain_ip(address[0]))
+        if reason is not None:
+            code, _, message = reason.partition(": ")
+            raise LimitExceededError(f"cannot dial: {message}", code=code)
+        quic = QuicConnection(configuration=self._client_config)
+        link = self._add_link(quic, wire_address)
+        self.add_cid(quic.host_cid, link)
+        conn = link.start(peer)
+        quic.connect(wire_address, now=self.loop.time())
+        link.transmit()
+        return conn
+
+    def _add_link(self, quic: QuicConnection, address: tuple[object, ...]) -> _Link:
+        link = _Link(self, quic, address)
+        self._links.add(link)
+        self._per_ip[link.ip] = self._per_ip.get(link.ip, 0) + 1
+        return link
+
+    def new_connection(
+        self, link: _Link, expected: PeerId | None, remote_address: Address
+    ) -> Connection:
+        conn = Connection(
+            link,
+            self.identity,
+            self.config,
+            self,
+            expected=expected,
+            remote_address=remote_address,
+            rng=self._rng,
+        )
+        conn.handler = self._handler
+        conn.bulk_handler = self._bulk_handler
+        return conn
+
+    def add_cid(self, cid: bytes, link: _Link) -> None:
+        self._cids[cid] = link
+        link.cids.add(cid)
+
+    def remove_cid(self, cid: bytes) -> None:
+        link = self._cids.pop(cid, None)
+        if link is not None:
+            link.cids.discard(cid)
+
+    def forget(self, link: _Link) -> None:
+        for cid in link.cids:
+            self._cids.pop(cid, None)
+        link.cids.clear()
+        if link in self._links:
+            self._links.discard(link)
+            remaining = self._per_ip.get(link.ip, 1) - 1
+            if remaining > 0:
+                self._per_ip[link.ip] = remaining
+            else:
+                self._per_ip.pop(link.ip, None)
+
+    def sendto(self, data: bytes, address: tuple[object, ...]) -> None:
+        if self._udp is not None and not self._udp.is_closing():
+            self._udp.sendto(data, address)
+
+    # ------------------------------------------------------------------ inbound datagrams
+
+    def datagram_received(self, data: bytes, address: tuple[object, ...]) -> None:
+        buf = Buffer(data=data)
+        try:
+            header = pull_quic_header(buf, host_cid_length=_CID_LENGTH)
+        except ValueError:
+            self.dropped_datagrams += 1
+            return
+        link = self._cids.get(header.destination_cid)
+        if link is not None:
+            link.datagram_received(data, address)
+            return
+        if (
+            self._closing
+            or header.packet_type != QuicPacketType.INITIAL
+            or len(data) < SMALLEST_MAX_DATAGRAM_SIZE
+            or header.version not in self._server_config.supported_versions
+        ):
+            self.dropped_datagrams += 1
+            return
+        self._accept(data, address, header)
+
+    def _accept(self, data: bytes, address: tuple[object, ...], header: QuicHeader) -> None:
+        """A new inbound Initial: Retry first, then limits, then a connection."""
+        version = header.version
+        assert version is not None
+        destination_cid, source_cid, token = (
+            header.destination_cid,
+            header.source_cid,
+            header.token,
+        )
+        now = self.loop.time()
+        if not token:
+            retry_cid = random_bytes(_CID_LENGTH)
+            self.sendto(
+                encode_quic_retry(
+                    version=version,
+                    source_cid=retry_cid,
+                    destination_cid=source_cid,
+                    original_destination_cid=destination_cid,
+                    retry_token=self._retry.create_token(
+                        address=address,
+                        original_destination_connection_id=destination_cid,
+                        retry_source_connection_id=retry_cid,
+                        now=now,
+                    ),
+                ),
+                address,
+            )
+            return
+        try:
+            original_cid = self._retry.validate_token(
+                address=address, destination_cid=destination_cid, token=token, now=now
+            )
+        except ValueError:
+            self.dropped_datagrams += 1
+            return
+        ip = _plain_ip(str(address[0]))
+        reason = self._refusal_reason(ip)
+        if reason is None and not self._handshakes.allow(ip, now):
+            reason = "limit.handshake_rate: too many handshakes from this address"
+        if reason is not None:
+            self.sendto(_refusal(version, destination_cid, source_cid, reason), address)
+            return
+        quic = QuicConnection(
+            configuration=self._server_config,
+            original_destination_connection_id=original_cid,
+            retry_source_connection_id=destination_cid,
+        )
+        link = self._add_link(quic, address)
+        self.add_cid(destination_cid, link)
+        self.add_cid(quic.host_cid, link)
+        link.first_datagram(data, address)
+
+    # ------------------------------------------------------------------ Observer
+
+    def authenticated(self, conn: Connection) -> None:
+        peer = conn.peer_id
+        assert peer is not None
+        if self._closing:
+            conn.abort(CloseCode.SHUTDOWN, "transport.shutdown: node shutting down")
+            return
+        existing = self.connection(peer)
+        if existing is not None and existing is not conn:
+            loser = existing if self._keeps(conn, existing) else conn
+            loser.abort(CloseCode.DUPLICATE, "transport.duplicate: one connection per peer")
+            if loser is conn:
+                return
+        self._by_peer[peer] = conn
+        conn.ready.set_result(None)
+        for waiter in self._peer_waiters.pop(peer, []):
+            if not waiter.done():
+                waiter.set_result(None)
+        for callback in self._callbacks:
+            try:
+                callback(conn)
+            except Exception:
+                log.exception("on_connection callback failed")
+
+    def _keeps(self, new: Connection, old: Connection) -> bool:
+        """Whether ``new`` wins against ``old`` (both to the same peer)."""
+        new_dialer = self.peer_id if new.is_dialer else new.peer_id
+        old_dialer = self.peer_id if old.is_dialer else old.peer_id
+        if new_dialer == old_dialer:
+            return True  # same side dialed twice (e.g. the peer restarted): the newer wins
+        assert new_dialer is not None and old_dialer is not None
+        return new_dialer.key < old_dialer.key
+
+    def closed(self, conn: Connection) -> None:
+        if conn.peer_id is not None and self._by_peer.get(conn.peer_id) is conn:
+            del self._by_peer[conn.peer_id]
