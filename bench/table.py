@@ -67,7 +67,7 @@ def ops_per_second(operation: Callable[[], object], seconds: float) -> float:
 
 
 def paired_rates(
-    ours: Callable[[], object], raw: Callable[[], object], seconds: float, rounds: int = 3
+    ours: Callable[[], object], raw: Callable[[], object], seconds: float, rounds: int = 5
 ) -> tuple[float, float]:
     """Best-of-``rounds`` rates of ``ours`` and ``raw``, measured alternately.
 
