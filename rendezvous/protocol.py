@@ -30,15 +30,19 @@ envelope bytes with :func:`envelope_id`. Receipts are signed by the server under
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 from dataclasses import dataclass
 from typing import Annotated
 
 from node import wire
 from node.crypto import KEY_SIZE, SIGNATURE_SIZE, blake2b, verify
-from node.errors import InvalidSignatureError
+from node.errors import InvalidSignatureError, UsageError
 from node.identity import Identity, PeerId
 
 __all__ = [
+    "INVITE_PREFIX",
     "MAX_BATCH",
     "MAX_ENVELOPE",
     "MAX_FETCH_BYTES",
@@ -60,6 +64,7 @@ __all__ = [
     "Publish",
     "Published",
     "Receipt",
+    "RendezvousAddress",
     "ReceiptBody",
     "Refusal",
     "Register",
@@ -69,7 +74,9 @@ __all__ = [
     "Wake",
     "Welcome",
     "envelope_id",
+    "invite_token_text",
     "mailbox_id",
+    "parse_invite_token",
     "sign_receipt",
     "verify_receipt",
 ]
@@ -308,3 +315,58 @@ def verify_receipt(receipt: Receipt, server: PeerId) -> ReceiptBody:
         raise InvalidSignatureError("receipt names another server")
     verify(server.key, RECEIPT_DOMAIN, wire.encode_message(receipt.body), receipt.signature)
     return receipt.body
+
+
+# --------------------------------------------------------------------------- text forms
+
+INVITE_PREFIX = "rvi-"
+
+
+def invite_token_text(token: bytes) -> str:
+    """The copy-paste form of an invite token (``rvi-`` + lower-case base32)."""
+    return INVITE_PREFIX + base64.b32encode(token).decode("ascii").rstrip("=").lower()
+
+
+def parse_invite_token(text: str) -> bytes:
+    cleaned = text.strip().lower()
+    body = cleaned.removeprefix(INVITE_PREFIX).upper()
+    try:
+        token = base64.b32decode(body + "=" * (-len(body) % 8))
+    except (binascii.Error, ValueError):
+        raise UsageError("not an invite token", code="rendezvous.bad_invite") from None
+    if not cleaned.startswith(INVITE_PREFIX) or not 8 <= len(token) <= 64:
+        raise UsageError("not an invite token", code="rendezvous.bad_invite")
+    return token
+
+
+@dataclass(frozen=True, slots=True)
+class RendezvousAddress:
+    """How nodes reach and pin a server: ``PEERID@HOST:PORT`` (IPv6 hosts in brackets)."""
+
+    peer_id: PeerId
+    host: str
+    port: int
+
+    def text(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.peer_id.text()}@{host}:{self.port}"
+
+    __str__ = text
+
+    @classmethod
+    def parse(cls, text: str) -> RendezvousAddress:
+        """Parse the text form; raises :class:`UsageError` (``rendezvous.bad_address``)."""
+        peer_text, at, hostport = text.strip().partition("@")
+        host, colon, port_text = hostport.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        try:
+            ipaddress.ip_address(host)
+            port = int(port_text)
+            if not (at and colon and 0 < port < 65536):
+                raise ValueError(text)
+        except ValueError:
+            raise UsageError(
+                f"not a rendezvous address (PEERID@HOST:PORT): {text[:120]!r}",
+                code="rendezvous.bad_address",
+            ) from None
+        return cls(PeerId.parse(peer_text), host, port)

@@ -1,0 +1,298 @@
+"""The rendezvous service over a real SQLite store, with in-memory connections.
+
+Transport-level behaviour (QUIC, auth, kill -9) is in test_rendezvous_quic.py; here every
+request route is driven directly so the security properties are checked exhaustively and fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from node import records, wire
+from node.errors import PeerlineError
+from node.identity import Identity, PeerId
+from node.mailbox import MailboxLimits
+from node.registry import AccessMode
+from rendezvous import admin, db
+from rendezvous import protocol as p
+from rendezvous.protocol import parse_invite_token
+from rendezvous.server import RendezvousService, ServiceConfig
+
+
+class FakeConn:
+    """What the service needs of a connection; records one-way frames and aborts."""
+
+    def __init__(self, identity: Identity, port: int = 40000) -> None:
+        self.peer_id: PeerId | None = identity.peer_id
+        self.remote_address = ("127.0.0.1", port)
+        self.sent: list[wire.Message] = []
+        self.aborted: tuple[int, str] | None = None
+
+    async def send(self, message: wire.Message, *, timeout: float | None = None) -> None:
+        self.sent.append(message)
+
+    def abort(self, code: int, reason: str) -> None:
+        self.aborted = (code, reason)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    def __init__(self, service: RendezvousService, clock: Clock, directory: Path) -> None:
+        self.service, self.clock, self.directory = service, clock, directory
+
+    def connect(self, identity: Identity, port: int = 40000) -> FakeConn:
+        conn = FakeConn(identity, port)
+        self.service.attach(conn)
+        return conn
+
+    async def ask(self, conn: FakeConn, message: wire.Message) -> wire.Message:
+        reply = await self.service.handle(conn, message)
+        assert reply is not None
+        # Every reply must survive the wire unchanged.
+        assert wire.decode_frame(wire.encode_frame(reply)[4:]) == reply
+        return reply
+
+
+Make = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Make]:
+    stack = contextlib.AsyncExitStack()
+
+    async def make(config: ServiceConfig | None = None) -> Harness:
+        store = await stack.enter_async_context(db.open_db(tmp_path))
+        clock = Clock()
+        service = RendezvousService(Identity.generate(), store, config, clock=clock)
+        await stack.enter_async_context(service.run())
+        return Harness(service, clock, tmp_path)
+
+    async with stack:
+        yield make
+
+
+def refusal_code(reply: wire.Message) -> str:
+    assert isinstance(reply, p.Refusal), reply
+    return reply.code
+
+
+async def deposit(h: Harness, conn: FakeConn, owner: PeerId, body: bytes) -> wire.Message:
+    return await h.ask(conn, p.Deposit(p.mailbox_id(owner), body, None))
+
+
+async def test_stranger_cannot_list_fetch_or_ack_another_mailbox(harness: Make) -> None:
+    h = await harness()
+    alice, mallory, bob = Identity.generate(), Identity.generate(), Identity.generate()
+    bob_conn = h.connect(bob)
+    receipts = [await deposit(h, bob_conn, alice.peer_id, b"sealed %d" % i) for i in range(5)]
+    ids = [r.body.envelope_id for r in receipts if isinstance(r, p.Receipt)]
+    assert len(ids) == 5
+    alice_box, mallory_box = p.mailbox_id(alice.peer_id), p.mailbox_id(mallory.peer_id)
+    evil = h.connect(mallory)
+    successes = 0
+    attempts: list[wire.Message] = [
+        p.ListMailbox(alice_box, 100),
+        p.Fetch(alice_box, [], 100),
+        p.Fetch(alice_box, ids, 100),
+        p.Ack(alice_box, ids),
+        # Own mailbox, but naming Alice's envelope ids.
+        p.Fetch(mallory_box, ids, 100),
+        p.Ack(mallory_box, ids),
+        p.ListMailbox(mallory_box, 100),
+    ]
+    for attempt in attempts:
+        reply = await h.ask(evil, attempt)
+        if isinstance(reply, p.Envelopes):
+            successes += len(reply.items)
+        elif isinstance(reply, p.Acked):
+            successes += reply.deleted
+        elif isinstance(reply, p.Listing):
+            successes += len(reply.items)
+        else:
+            assert refusal_code(reply) == "mailbox.not_owner"
+    assert successes == 0
+    # Bob (the sender) cannot read what he deposited either.
+    assert refusal_code(await h.ask(bob_conn, p.Fetch(alice_box, ids, 10))) == "mailbox.not_owner"
+    owner = h.connect(alice)
+    fetched = await h.ask(owner, p.Fetch(alice_box, [], 100))
+    assert isinstance(fetched, p.Envelopes)
+    assert [item.envelope for item in fetched.items] == [b"sealed %d" % i for i in range(5)]
+    acked = await h.ask(owner, p.Ack(alice_box, ids))
+    assert isinstance(acked, p.Acked) and acked.deleted == 5 and acked.remaining == 0
+    assert await h.service.store.fetch_one("SELECT count(*) FROM envelopes") == (0,)
+
+
+async def test_deposit_is_idempotent_with_verifiable_receipts_and_wakes_owner(
+    harness: Make,
+) -> None:
+    h = await harness()
+    alice, bob = Identity.generate(), Identity.generate()
+    owner = h.connect(alice)
+    sender = h.connect(bob)
+    first, again = await asyncio.gather(
+        deposit(h, sender, alice.peer_id, b"x" * 100), deposit(h, sender, alice.peer_id, b"x" * 100)
+    )
+    assert isinstance(first, p.Receipt) and first == again
+    body = p.verify_receipt(first, h.service.identity.peer_id)
+    assert body.envelope_id == p.envelope_id(b"x" * 100)
+    with pytest.raises(PeerlineError):
+        p.verify_receipt(first, bob.peer_id)
+    assert await h.service.store.fetch_one("SELECT count(*) FROM envelopes") == (1,)
+    await asyncio.sleep(0)
+    assert owner.sent == [p.Wake(1)]
+    assert sender.sent == []
+
+
+async def test_quota_ttl_and_rate_limits_say_why(harness: Make) -> None:
+    limits = MailboxLimits(max_count=3, max_bytes=10_000, sender_burst=4, sender_rate=1.0)
+    h = await harness(ServiceConfig(mailbox=limits))
+    alice, bob = Identity.generate(), Identity.generate()
+    sender = h.connect(bob)
+    box = p.mailbox_id(alice.peer_id)
+    codes = []
+    for i in range(6):
+        reply = await h.ask(sender, p.Deposit(box, b"m%d" % i, 60))
+        codes.append("stored" if isinstance(reply, p.Receipt) else refusal_code(reply))
+    assert codes == ["stored"] * 3 + ["mailbox.full_count"] * 3
+    assert refusal_code(await h.ask(sender, p.Deposit(box, b"y", 10**9))) == "mailbox.bad_ttl"
+    other = p.mailbox_id(Identity.generate().peer_id)
+    assert isinstance(await h.ask(sender, p.Deposit(other, b"z", None)), p.Receipt)
+    rate = await h.ask(sender, p.Deposit(other, b"zz", None))  # burst of 4 is spent
+    assert refusal_code(rate) == "mailbox.rate_limited"
+    assert isinstance(rate, p.Refusal) and rate.retry_after is not None
+    # TTL expiry deletes from disk at the next sweep.
+    h.clock.now += 61
+    await h.service._sweep()
+    assert await h.service.store.fetch_one("SELECT count(*) FROM envelopes") == (1,)  # 14 days
+    assert h.service.metrics.expired._value.get() == 3
+    assert b'reason="mailbox.full_count"' in h.service.metrics.render()
+
+
+async def test_presence_register_and_lookup_with_observed_address(harness: Make) -> None:
+    h = await harness()
+    alice, bob = Identity.generate(), Identity.generate()
+    conn = h.connect(alice, port=41234)
+    expires = int(h.clock.now) + 3600
+    record = records.sign_record(alice, seq=1, expires=expires, addresses=[("10.0.0.2", 9)])
+    reply = await h.ask(conn, p.Register(record.encode(), 10**6))
+    assert isinstance(reply, p.Registered) and reply.expires_at == expires  # record expiry wins
+    found = await h.ask(h.connect(bob), p.Lookup(alice.peer_id.key))
+    assert found == p.LookupResult(record.encode(), p.ObservedAddress("127.0.0.1", 41234))
+    # Bob cannot register Alice's record as his own, nor a forged or stale one.
+    assert refusal_code(await h.ask(h.connect(bob), p.Register(record.encode(), None))) == (
+        "record.wrong_peer"
+    )
+    tampered = bytearray(record.encode())
+    tampered[-1] ^= 1
+    assert refusal_code(await h.ask(conn, p.Register(bytes(tampered), None))) == (
+        "record.bad_signature"
+    )
+    stale = records.sign_record(alice, seq=1, expires=expires + 1)
+    newer = records.sign_record(alice, seq=2, expires=expires)
+    assert isinstance(await h.ask(conn, p.Register(newer.encode(), None)), p.Registered)
+    assert refusal_code(await h.ask(conn, p.Register(stale.encode(), None))) == "presence.stale"
+    assert await h.ask(conn, p.Lookup(bob.peer_id.key)) == p.LookupResult(None, None)
+
+
+async def test_directory_publish_search_and_closed_accounts(harness: Make) -> None:
+    h = await harness()
+    alice, bob = Identity.generate(), Identity.generate()
+    a, b = h.connect(alice), h.connect(bob)
+    key = alice.peer_id.key
+    await h.ask(a, p.Publish("account", key, "Alice Liddell", "hi", True, None))
+    await h.ask(b, p.Publish("group", b"g" * 32, "Town Choir", "we sing", True, None))
+    await h.ask(b, p.Publish("account", bob.peer_id.key, "Bob", "", False, None))  # closed
+    found = await h.ask(b, p.Search("", 100))
+    assert isinstance(found, p.SearchResult)
+    assert sorted(e.name for e in found.entries) == ["Alice Liddell", "Town Choir"]
+    assert refusal_code(await h.ask(b, p.Publish("account", key, "me", "", True, None))) == (
+        "directory.not_owner"
+    )
+    assert refusal_code(await h.ask(b, p.Publish("nope", key, "x", "", True, None))) == (
+        "directory.bad_kind"
+    )
+    await h.ask(a, p.Publish("account", key, "Alice Liddell", "hi", False, None))
+    found = await h.ask(b, p.Search("alice", 100))
+    assert isinstance(found, p.SearchResult) and found.entries == []
+
+
+async def test_invite_mode_refuses_unknown_peers_until_invited(harness: Make) -> None:
+    h = await harness(ServiceConfig(mode=AccessMode.INVITE, access_poll=0.02))
+    alice, bob = Identity.generate(), Identity.generate()
+    conn = h.connect(alice)
+    lookup = p.Lookup(bob.peer_id.key)
+    assert refusal_code(await h.ask(conn, lookup)) == "access.invite_required"
+    assert refusal_code(await h.ask(conn, p.Hello(b"12345678"))) == "access.invite_invalid"
+    token = await admin.create_invite(h.directory, uses=1, expires_in=3600, now=h.clock.now)
+    await asyncio.sleep(0.1)  # the server polls the access version
+    assert isinstance(await h.ask(conn, p.Hello(parse_invite_token(token))), p.Welcome)
+    assert isinstance(await h.ask(conn, lookup), p.LookupResult)
+    # Known now: a new connection needs no token; the token is used up for others.
+    assert isinstance(await h.ask(h.connect(alice), lookup), p.LookupResult)
+    assert refusal_code(await h.ask(h.connect(bob), p.Hello(parse_invite_token(token)))) == (
+        "access.invite_used_up"
+    )
+    listing = await admin.listing(h.directory)
+    assert listing.known == [alice.peer_id.text()] and listing.mode == "invite"
+
+
+async def test_allowlist_and_bans_take_effect_at_once(harness: Make) -> None:
+    h = await harness(ServiceConfig(mode=AccessMode.ALLOWLIST, access_poll=0.02))
+    alice, bob = Identity.generate(), Identity.generate()
+    conn = h.connect(alice)
+    assert refusal_code(await h.ask(conn, p.Search("", 5))) == "access.not_allowed"
+    await admin.allow(h.directory, alice.peer_id)
+    await asyncio.sleep(0.1)
+    assert isinstance(await h.ask(conn, p.Search("", 5)), p.SearchResult)
+    bystander = h.connect(bob)
+    await admin.ban(h.directory, alice.peer_id)
+    for _ in range(50):
+        if conn.aborted:
+            break
+        await asyncio.sleep(0.02)
+    assert conn.aborted is not None and "access.banned" in conn.aborted[1]
+    assert bystander.aborted is None
+    assert refusal_code(await h.ask(h.connect(alice), p.Search("", 5))) == "access.banned"
+    await admin.deny(h.directory, alice.peer_id)
+    listing = await admin.listing(h.directory)
+    assert listing.banned == [alice.peer_id.text()] and listing.allowed == []
+
+
+async def test_malformed_and_unexpected_requests_are_refused_and_others_served(
+    harness: Make,
+) -> None:
+    h = await harness()
+    alice, bob = Identity.generate(), Identity.generate()
+    evil, good = h.connect(alice), h.connect(bob)
+    receipt = p.sign_receipt(h.service.identity, p.ReceiptBody(bytes(32), bytes(32), bytes(32), 1))
+    bad: list[wire.Message] = [
+        p.Register(b"\x00garbage", None),
+        p.Register(b"\x93" * 3000, 5),
+        receipt,
+        p.Wake(3),
+        p.Welcome("open", 1.0),
+        p.Refusal("x", "y", None),
+        p.Publish("group", b"g" * 32, "   ", "", True, None),
+        p.Publish("account", bob.peer_id.key, "Bob", "", True, None),
+        p.Deposit(p.mailbox_id(bob.peer_id), b"m", 0),
+    ]
+    for message in bad:
+        reply = await h.ask(evil, message)
+        assert isinstance(reply, p.Refusal) and reply.code, message
+    stored = await deposit(h, good, alice.peer_id, b"still works")
+    assert isinstance(stored, p.Receipt)
+    stranger = FakeConn(Identity.generate())
+    assert refusal_code(await h.ask(stranger, p.Search("", 1))) == "server.not_attached"
