@@ -12,9 +12,11 @@ without I/O, whether a deposit is accepted; time is passed in as ``now``. Contra
   ``duplicate=True`` and changes nothing (not even the sender's rate budget).
 - **Quotas**: per mailbox at most ``max_count`` envelopes and ``max_bytes`` bytes; one
   envelope at most ``max_envelope`` bytes. Refusals carry a stable reason code.
-- **TTL**: the depositor asks for a TTL (``None`` = ``default_ttl``); more than ``max_ttl`` or
-  less than one second is refused. :meth:`handle_timer` removes what expired and returns it so
-  the server can delete it from disk; :meth:`get_timer` says when to call it next.
+- **TTL**: the depositor asks for a TTL (``None`` = ``default_ttl``; a sealed envelope
+  carries its own expiry, so the server passes ``expires - now``); more than ``max_ttl`` is
+  refused (``mailbox.bad_ttl``), zero or less too (``mailbox.expired``). :meth:`handle_timer`
+  removes what expired and returns it so the server can delete it from disk;
+  :meth:`get_timer` says when to call it next.
 - **Rate limits**: one token bucket per sender (``sender_rate`` tokens/s, ``sender_burst``
   capacity). At most ``max_senders`` buckets are kept; beyond that the least recently used
   bucket is forgotten (that sender starts again with a full bucket: memory stays bounded).
@@ -53,7 +55,7 @@ class MailboxLimits:
 
     max_count: int = 2_000
     max_bytes: int = 32 << 20
-    max_envelope: int = 256 << 10
+    max_envelope: int = 64 << 10
     default_ttl: float = 14 * DAY
     max_ttl: float = 30 * DAY
     sender_rate: float = 50.0
@@ -231,8 +233,10 @@ class MailboxBook:
         limits = self.limits
         if size < 1 or size > limits.max_envelope:
             return Refused("mailbox.too_large", f"envelope must be 1..{limits.max_envelope} bytes")
-        if ttl is not None and not 1.0 <= ttl <= limits.max_ttl:
-            return Refused("mailbox.bad_ttl", f"ttl must be 1..{limits.max_ttl:.0f} seconds")
+        if ttl is not None and ttl <= 0:
+            return Refused("mailbox.expired", "the envelope has already expired")
+        if ttl is not None and ttl > limits.max_ttl:
+            return Refused("mailbox.bad_ttl", f"ttl must be at most {limits.max_ttl:.0f} seconds")
         count, used = self.usage(mailbox_id)
         if count + 1 > limits.max_count:
             return Refused("mailbox.full_count", f"mailbox holds {limits.max_count} envelopes")

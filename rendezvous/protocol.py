@@ -24,7 +24,7 @@ request            reply               meaning
 ``Wake`` is one-way, server -> owner, sent when a deposit arrives for a connected owner.
 
 Envelope ids are never read from the wire for storage: the server computes them from the
-envelope bytes with :func:`envelope_id`. Receipts are signed by the server under
+envelope bytes with :func:`node.envelope.envelope_id`. Receipts are signed by the server under
 :data:`RECEIPT_DOMAIN` over the canonical bytes of :class:`ReceiptBody`.
 """
 
@@ -36,8 +36,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Annotated
 
-from node import wire
-from node.crypto import KEY_SIZE, SIGNATURE_SIZE, blake2b, verify
+from node import envelope, wire
+from node.crypto import KEY_SIZE, SIGNATURE_SIZE, verify
 from node.errors import InvalidSignatureError, UsageError
 from node.identity import Identity, PeerId
 
@@ -73,34 +73,20 @@ __all__ = [
     "SearchResult",
     "Wake",
     "Welcome",
-    "envelope_id",
     "invite_token_text",
-    "mailbox_id",
     "parse_invite_token",
     "sign_receipt",
     "verify_receipt",
 ]
 
 RECEIPT_DOMAIN = "peerline/mailbox-receipt/v1"
-MAX_ENVELOPE = 256 << 10
+MAX_ENVELOPE = envelope.MAX_ENVELOPE
 MAX_BATCH = 256
 MAX_FETCH_BYTES = 768 << 10
 """A Fetch reply carries at most this many envelope bytes (one envelope always fits)."""
 _ID = wire.Bytes(size=32)
 _TIME = wire.Int(max=2**40)
 _TTL = wire.Maybe(wire.Int(min=1, max=2**32))
-_MAILBOX_PERSON = b"peerline/mailbox"
-_ENVELOPE_PERSON = b"peerline/env-id"
-
-
-def mailbox_id(peer: PeerId) -> bytes:
-    """The 32-byte mailbox id of a peer (what deposits name instead of the PeerId)."""
-    return blake2b(peer.key, size=32, person=_MAILBOX_PERSON)
-
-
-def envelope_id(envelope: bytes) -> bytes:
-    """The id of a sealed envelope, computed locally from its bytes."""
-    return blake2b(envelope, size=32, person=_ENVELOPE_PERSON)
 
 
 # --------------------------------------------------------------------------- session
@@ -170,9 +156,10 @@ class LookupResult(wire.Message):
 @wire.frame(0x37)
 @dataclass(frozen=True, slots=True)
 class Deposit(wire.Message):
-    mailbox: Annotated[bytes, _ID]
+    """A sealed envelope (:mod:`node.envelope`): the server reads its mailbox id and expiry
+    from the envelope's header and computes its id from its bytes."""
+
     envelope: Annotated[bytes, wire.Bytes(min=1, max=MAX_ENVELOPE)]
-    ttl: Annotated[int | None, _TTL]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from node import records, wire
+from node import envelope, records, wire
 from node.errors import PeerlineError, StorageError
 from node.identity import Identity, PeerId
 from node.mailbox import Accepted, MailboxBook, MailboxLimits, Refused, StoredEnvelope
@@ -218,7 +218,7 @@ class RendezvousService:
         """Start serving an authenticated connection."""
         if conn.peer_id is None:
             raise PeerlineError("connection is not authenticated", code="local.misuse")
-        session = _Session(conn, conn.peer_id, p.mailbox_id(conn.peer_id))
+        session = _Session(conn, conn.peer_id, envelope.mailbox_id(conn.peer_id))
         self._sessions[conn] = session
         self._by_mailbox.setdefault(session.mailbox, set()).add(session)
         self.metrics.connections.set(len(self._sessions))
@@ -320,15 +320,18 @@ class RendezvousService:
     # ------------------------------------------------------------------ mailbox
 
     async def _deposit(self, session: _Session, message: p.Deposit) -> wire.Message:
-        envelope_id = p.envelope_id(message.envelope)
-        ttl = None if message.ttl is None else float(message.ttl)
+        try:
+            header = envelope.parse_envelope(message.envelope)
+        except PeerlineError as exc:
+            return self._refuse(Refused(exc.code, exc.message))
+        now = self.clock()
         decision = self.book.deposit(
-            message.mailbox,
-            envelope_id,
-            len(message.envelope),
-            ttl,
+            header.mailbox_id,
+            header.envelope_id,
+            header.size,
+            header.expires - now,
             sender=session.peer.key,
-            now=self.clock(),
+            now=now,
         )
         if isinstance(decision, Refused):
             return self._refuse(decision)
@@ -337,11 +340,11 @@ class RendezvousService:
         if not decision.duplicate:
             self.metrics.deposits.inc()
             self._update_gauges()
-            self._wake(message.mailbox)
+            self._wake(header.mailbox_id)
         body = p.ReceiptBody(
             self.identity.peer_id.key,
-            message.mailbox,
-            envelope_id,
+            header.mailbox_id,
+            header.envelope_id,
             math.floor(decision.envelope.expires_at),
         )
         return p.sign_receipt(self.identity, body)

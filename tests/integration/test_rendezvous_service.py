@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from node import records, wire
+from node import envelope, records, wire
+from node.crypto import random_bytes
 from node.errors import PeerlineError
 from node.identity import Identity, PeerId
 from node.mailbox import MailboxLimits
@@ -89,8 +90,13 @@ def refusal_code(reply: wire.Message) -> str:
     return reply.code
 
 
+def sealed(h: Harness, owner: PeerId, body: bytes, ttl: float = 14 * 86400) -> bytes:
+    sender = Identity.generate().peer_id
+    return envelope.seal(owner, sender, body, expires=int(h.clock.now + ttl), rng=random_bytes)
+
+
 async def deposit(h: Harness, conn: FakeConn, owner: PeerId, body: bytes) -> wire.Message:
-    return await h.ask(conn, p.Deposit(p.mailbox_id(owner), body, None))
+    return await h.ask(conn, p.Deposit(sealed(h, owner, body)))
 
 
 async def test_stranger_cannot_list_fetch_or_ack_another_mailbox(harness: Make) -> None:
@@ -100,7 +106,8 @@ async def test_stranger_cannot_list_fetch_or_ack_another_mailbox(harness: Make) 
     receipts = [await deposit(h, bob_conn, alice.peer_id, b"sealed %d" % i) for i in range(5)]
     ids = [r.body.envelope_id for r in receipts if isinstance(r, p.Receipt)]
     assert len(ids) == 5
-    alice_box, mallory_box = p.mailbox_id(alice.peer_id), p.mailbox_id(mallory.peer_id)
+    alice_box = envelope.mailbox_id(alice.peer_id)
+    mallory_box = envelope.mailbox_id(mallory.peer_id)
     evil = h.connect(mallory)
     successes = 0
     attempts: list[wire.Message] = [
@@ -129,7 +136,8 @@ async def test_stranger_cannot_list_fetch_or_ack_another_mailbox(harness: Make) 
     owner = h.connect(alice)
     fetched = await h.ask(owner, p.Fetch(alice_box, [], 100))
     assert isinstance(fetched, p.Envelopes)
-    assert [item.envelope for item in fetched.items] == [b"sealed %d" % i for i in range(5)]
+    opened = [envelope.open_envelope(alice, item.envelope) for item in fetched.items]
+    assert [o.payload for o in opened] == [b"sealed %d" % i for i in range(5)]
     acked = await h.ask(owner, p.Ack(alice_box, ids))
     assert isinstance(acked, p.Acked) and acked.deleted == 5 and acked.remaining == 0
     assert await h.service.store.fetch_one("SELECT count(*) FROM envelopes") == (0,)
@@ -142,12 +150,13 @@ async def test_deposit_is_idempotent_with_verifiable_receipts_and_wakes_owner(
     alice, bob = Identity.generate(), Identity.generate()
     owner = h.connect(alice)
     sender = h.connect(bob)
+    data = sealed(h, alice.peer_id, b"x" * 100)
     first, again = await asyncio.gather(
-        deposit(h, sender, alice.peer_id, b"x" * 100), deposit(h, sender, alice.peer_id, b"x" * 100)
+        h.ask(sender, p.Deposit(data)), h.ask(sender, p.Deposit(data))
     )
     assert isinstance(first, p.Receipt) and first == again
     body = p.verify_receipt(first, h.service.identity.peer_id)
-    assert body.envelope_id == p.envelope_id(b"x" * 100)
+    assert body.envelope_id == envelope.envelope_id(data)
     with pytest.raises(PeerlineError):
         p.verify_receipt(first, bob.peer_id)
     assert await h.service.store.fetch_one("SELECT count(*) FROM envelopes") == (1,)
@@ -161,16 +170,18 @@ async def test_quota_ttl_and_rate_limits_say_why(harness: Make) -> None:
     h = await harness(ServiceConfig(mailbox=limits))
     alice, bob = Identity.generate(), Identity.generate()
     sender = h.connect(bob)
-    box = p.mailbox_id(alice.peer_id)
     codes = []
     for i in range(6):
-        reply = await h.ask(sender, p.Deposit(box, b"m%d" % i, 60))
+        reply = await h.ask(sender, p.Deposit(sealed(h, alice.peer_id, b"m%d" % i, 60)))
         codes.append("stored" if isinstance(reply, p.Receipt) else refusal_code(reply))
     assert codes == ["stored"] * 3 + ["mailbox.full_count"] * 3
-    assert refusal_code(await h.ask(sender, p.Deposit(box, b"y", 10**9))) == "mailbox.bad_ttl"
-    other = p.mailbox_id(Identity.generate().peer_id)
-    assert isinstance(await h.ask(sender, p.Deposit(other, b"z", None)), p.Receipt)
-    rate = await h.ask(sender, p.Deposit(other, b"zz", None))  # burst of 4 is spent
+    too_long = p.Deposit(sealed(h, alice.peer_id, b"y", 10**9))
+    assert refusal_code(await h.ask(sender, too_long)) == "mailbox.bad_ttl"
+    expired = p.Deposit(sealed(h, alice.peer_id, b"y", -1))
+    assert refusal_code(await h.ask(sender, expired)) == "mailbox.expired"
+    other = Identity.generate().peer_id
+    assert isinstance(await h.ask(sender, p.Deposit(sealed(h, other, b"z"))), p.Receipt)
+    rate = await h.ask(sender, p.Deposit(sealed(h, other, b"zz")))  # burst of 4 is spent
     assert refusal_code(rate) == "mailbox.rate_limited"
     assert isinstance(rate, p.Refusal) and rate.retry_after is not None
     # TTL expiry deletes from disk at the next sweep.
@@ -287,7 +298,8 @@ async def test_malformed_and_unexpected_requests_are_refused_and_others_served(
         p.Refusal("x", "y", None),
         p.Publish("group", b"g" * 32, "   ", "", True, None),
         p.Publish("account", bob.peer_id.key, "Bob", "", True, None),
-        p.Deposit(p.mailbox_id(bob.peer_id), b"m", 0),
+        p.Deposit(b"not an envelope"),
+        p.Deposit(b"\x02" + sealed(h, bob.peer_id, b"m")[1:]),  # unknown envelope version
     ]
     for message in bad:
         reply = await h.ask(evil, message)

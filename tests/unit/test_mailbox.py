@@ -61,6 +61,8 @@ def test_quotas_say_why() -> None:
 def test_ttl_bounds_and_expiry() -> None:
     book = MailboxBook(MailboxLimits(max_ttl=100.0, default_ttl=50.0))
     bad = book.deposit(ALICE, eid(1), 1, 101.0, sender=SENDER, now=0)
+    gone = book.deposit(ALICE, eid(1), 1, 0.0, sender=SENDER, now=0)
+    assert isinstance(gone, Refused) and gone.code == "mailbox.expired"
     assert isinstance(bad, Refused) and bad.code == "mailbox.bad_ttl"
     book.deposit(ALICE, eid(1), 1, 10.0, sender=SENDER, now=0)
     book.deposit(ALICE, eid(2), 1, None, sender=SENDER, now=0)
