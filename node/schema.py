@@ -132,4 +132,19 @@ CREATE TABLE settings (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2_MESSAGING)
+# v3: E2EE state (node/session_store.py). ``state`` holds the versioned bytes of a Session or
+# PrekeyState: secret keys, erased for real by secure_delete + a WAL checkpoint.
+_V3_SESSIONS = """
+CREATE TABLE sessions (
+    peer_id     BLOB PRIMARY KEY CHECK (length(peer_id) = 32),
+    state       BLOB NOT NULL,
+    updated_at  REAL NOT NULL
+);
+CREATE TABLE prekeys (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    state       BLOB NOT NULL,
+    updated_at  REAL NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2_MESSAGING, _V3_SESSIONS)
