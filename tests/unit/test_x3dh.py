@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
+import x3dh as x3dh_lib
+from x3dh.types import SecretType
 
 from node import prekeys, x3dh
 from node.crypto import X25519PrivateKey, ed25519_public_to_x25519, hkdf_sha256
@@ -148,3 +151,73 @@ def test_non_canonical_base_keys_are_refused() -> None:
     data[32:64] = (2**255 - 19).to_bytes(32, "little")  # p itself encodes 0
     with pytest.raises(RemoteProtocolError):
         InitHeader.from_bytes(bytes(data))
+
+
+# ------------------------------------------------------------------ differential: x3dh 1.3.0
+
+
+class LibState(x3dh_lib.BaseState):
+    """The library's X3DH with Ed25519 identity keys encoded raw, like our PeerIds."""
+
+    @staticmethod
+    def _encode_public_key(key_format: x3dh_lib.IdentityKeyFormat, pub: bytes) -> bytes:
+        return pub
+
+
+def lib_state(identity: Identity, state: PrekeyState | None = None) -> LibState:
+    """A library state holding the same identity (and SPK/OPK secrets) as ours."""
+    spk = x3dh_lib.SignedPreKeyPairModel(
+        priv=state.signed.secret if state else bytes(32), sig=bytes(64), timestamp=0
+    )
+    model = x3dh_lib.BaseStateModel(
+        identity_key=x3dh_lib.IdentityKeyPairModel(
+            secret=identity.signing_key.seed(), secret_type=SecretType.SEED
+        ),
+        signed_pre_key=spk,
+        old_signed_pre_key=None,
+        pre_keys=frozenset(state.one_time.values()) if state else frozenset(),
+    )
+    result: LibState = LibState.from_model(
+        model, x3dh_lib.IdentityKeyFormat.ED_25519, x3dh_lib.HashFunction.SHA_256, x3dh.X3DH_INFO
+    )
+    return result
+
+
+@pytest.mark.parametrize("with_one_time", [True, False])
+def test_differential_ours_initiates_library_responds(with_one_time: bool) -> None:
+    alice, bob, state, _ = setup()
+    bundle = prekeys.make_bundle(state, bob, now=NOW, max_one_time=3 if with_one_time else 0)
+    sent = x3dh.initiate(alice, bundle, rng().randbytes)
+    one_time_pub = {key.id: key.public for key in bundle.one_time}.get(sent.header.one_time_id or 0)
+    header = x3dh_lib.Header(
+        alice.peer_id.key, sent.header.base_key, bundle.signed_prekey.public, one_time_pub
+    )
+    shared, ad, _ = asyncio.run(
+        lib_state(bob, state).get_shared_secret_passive(header, require_pre_key=False)
+    )
+    assert shared == sent.shared_secret
+    assert x3dh.AD_DOMAIN + ad == sent.associated_data
+
+
+@pytest.mark.parametrize("with_one_time", [True, False])
+def test_differential_library_initiates_ours_responds(with_one_time: bool) -> None:
+    alice, bob, state, bundle = setup()
+    one_time = bundle.one_time[0]
+    lib_bundle = x3dh_lib.Bundle(
+        bob.peer_id.key,
+        bundle.signed_prekey.public,
+        bob.signing_key.sign_raw(bundle.signed_prekey.public),  # the library's SPK signature
+        frozenset({one_time.public}) if with_one_time else frozenset(),
+    )
+    shared, ad, header = asyncio.run(
+        lib_state(alice).get_shared_secret_active(lib_bundle, require_pre_key=False)
+    )
+    ours = InitHeader(
+        PeerId(header.identity_key),
+        header.ephemeral_key,
+        bundle.signed_prekey.id,
+        one_time.id if with_one_time else None,
+    )
+    got, _ = x3dh.respond(bob, state, InitHeader.from_bytes(ours.to_bytes()))
+    assert got.shared_secret == shared
+    assert got.associated_data == x3dh.AD_DOMAIN + ad
