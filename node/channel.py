@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Container
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from node import wire
 from node.errors import LimitExceededError, RemoteProtocolError
@@ -101,15 +101,18 @@ class BulkData(wire.Message):
 @wire.frame(0x09)
 @dataclass(frozen=True, slots=True)
 class Goodbye(wire.Message):
-    """Control stream: the sender is closing; handle what came before, then close with this."""
+    """Closing handshake: sent on the control stream by the side that closes; once the peer
+    has handled every frame before it, the peer echoes it on its reply stream and both close."""
 
     code: Annotated[int, wire.Int(max=2**16)]
     reason: Annotated[str, wire.Str(max=200)]
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """A message from the control stream; ``request_id`` is ``None`` for one-way frames."""
+class Incoming(NamedTuple):
+    """A message from the control stream; ``request_id`` is ``None`` for one-way frames.
+
+    A named tuple, not a frozen dataclass: one is built per received frame (hot path).
+    """
 
     message: wire.Message
     request_id: int | None
@@ -125,7 +128,7 @@ class Reply:
     error_message: str = ""
 
 
-ReplyEvent = Reply | Credit
+ReplyEvent = Reply | Credit | Goodbye
 
 FIRST_APPLICATION_TYPE = 0x10
 """Type ids below this are transport frames (0x01..0x0F); applications use the rest."""
@@ -187,7 +190,7 @@ class ReplyDecoder:
             return None
         if isinstance(frame, Failure):
             return Reply(frame.id, None, frame.code, frame.message)
-        if isinstance(frame, Credit):
+        if isinstance(frame, Credit | Goodbye):
             return frame
         raise _violation(f"{type(frame).__name__} is not allowed on a reply stream")
 

@@ -178,6 +178,8 @@ class Connection:
         self._last_peer_stream = -1
         self._tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
+        self._goodbye: asyncio.Future[None] | None = None
+        self._linger: asyncio.TimerHandle | None = None
         self.handler: Handler | None = None
         self.bulk_handler: BulkHandler | None = None
         self.ready: asyncio.Future[None] = self._loop.create_future()
@@ -205,7 +207,16 @@ class Connection:
 
     async def send(self, message: wire.Message, *, timeout: float | None = None) -> None:
         """Send a one-way frame; waits for credit (``OperationTimeoutError`` after ``timeout``)."""
-        await self._send_control(self._encode(message), timeout)
+        data = self._encode(message)
+        if (
+            self.peer_id is not None
+            and not self._credit_waiters
+            and not self.closed.done()
+            and self._send_credit.consume(len(data))
+        ):  # fast path: no coroutine, no waiting
+            self._link.send(self._control_out, data)
+            return
+        await self._send_control(data, timeout)
 
     async def request(self, message: wire.Message, *, timeout: float | None = None) -> wire.Message:
         """Send a request and wait for its response.
@@ -252,12 +263,15 @@ class Connection:
         """
         if self.closed.done():
             return
-        if self.peer_id is not None:
+        if self.peer_id is not None and self._goodbye is None:
+            self._goodbye = self._loop.create_future()
             goodbye = wire.encode_frame(Goodbye(int(code), reason[:200]))
             if self._send_credit.consume(len(goodbye)):
                 self._link.send(self._control_out, goodbye)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self.closed), self._config.close_timeout)
+                    await asyncio.wait_for(
+                        asyncio.shield(self._goodbye), self._config.close_timeout
+                    )
         self.abort(code, reason)
 
     def abort(self, code: int, reason: str) -> None:
@@ -301,6 +315,9 @@ class Connection:
             self._fail(RemoteProtocolError("control stream reset", code="channel.protocol"))
 
     def terminated(self, info: CloseInfo) -> None:
+        """The QUIC connection is gone (closed by either side, idle, or the network)."""
+        if self._linger is not None:
+            self._linger.cancel()
         self._terminate(info)
 
     # ------------------------------------------------------------------ authentication
@@ -367,36 +384,49 @@ class Connection:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             event, share = inbox.popleft()
-            if isinstance(event.message, Goodbye):
-                self.abort(event.message.code, event.message.reason)
+            message = event.message
+            if event.request_id is not None:
+                await self._answer(message, event.request_id)
+            elif isinstance(message, Goodbye):
+                self._acknowledge_goodbye(message)
                 return
-            await self._dispatch(event)
+            elif self.handler is not None:  # one-way: handled inline (the hot path)
+                try:
+                    await self.handler(self, message)
+                except Exception:
+                    log.exception("one-way handler failed for %r", self)
             self._recv_credit.release(share)
             self._grant_credit()
 
-    async def _dispatch(self, event: Incoming) -> None:
+    async def _answer(self, message: wire.Message, request_id: int) -> None:
+        """Run the handler on a request and send its response or failure."""
         handler = self.handler
-        if event.request_id is None:
-            if handler is not None:
-                try:
-                    await handler(self, event.message)
-                except Exception:
-                    log.exception("one-way handler failed for %r", self)
-            return
         try:
             if handler is None:
                 raise LocalProtocolError("no request handler", code="request.unhandled")
-            result = await handler(self, event.message)
+            result = await handler(self, message)
             if result is None:
                 raise LocalProtocolError("the handler gave no response", code="request.unhandled")
-            data = wire.encode_frame(Response(event.request_id)) + self._encode(result)
+            data = wire.encode_frame(Response(request_id)) + self._encode(result)
         except PeerlineError as exc:
-            data = wire.encode_frame(Failure(event.request_id, exc.code[:64], exc.message[:256]))
+            data = wire.encode_frame(Failure(request_id, exc.code[:64], exc.message[:256]))
         except Exception:
             log.exception("request handler failed for %r", self)
-            data = wire.encode_frame(Failure(event.request_id, "internal", "handler failed"))
+            data = wire.encode_frame(Failure(request_id, "internal", "handler failed"))
         if not self.closed.done():
             self._link.send(self._reply_out, data)
+
+    def _acknowledge_goodbye(self, goodbye: Goodbye) -> None:
+        """Everything before the peer's Goodbye is handled: echo it and let the peer close.
+
+        The QUIC close comes from the peer within a round trip; if it does not, we close
+        ourselves after ``close_timeout``.
+        """
+        self._link.send(self._reply_out, wire.encode_frame(goodbye))
+        self._linger = self._loop.call_later(
+            self._config.close_timeout, self._link.close, goodbye.code, goodbye.reason
+        )
+        self._terminate(CloseInfo(goodbye.code, goodbye.reason, by_peer=True))
 
     def _grant_credit(self) -> None:
         limit = self._recv_credit.grant_due()
@@ -411,6 +441,9 @@ class Connection:
             if isinstance(event, Credit):
                 if self._send_credit.grant(event.limit):
                     self._wake_credit_waiters()
+            elif isinstance(event, Goodbye):
+                if self._goodbye is not None and not self._goodbye.done():
+                    self._goodbye.set_result(None)
             elif isinstance(event, Reply):
                 self._resolve(event)
 

@@ -161,6 +161,7 @@ class _Link:
         self._timer_at: float | None = None
         self._transmit_handle: asyncio.Handle | None = None
         self._keepalive: asyncio.TimerHandle | None = None
+        self.disposed = False
 
     def start(self, expected: PeerId | None) -> Connection:
         self.connection = self._transport.new_connection(
@@ -221,6 +222,8 @@ class _Link:
 
     def transmit(self) -> None:
         self._transmit_handle = None
+        if self.disposed:
+            return
         for data, address in self.quic.datagrams_to_send(now=self._loop.time()):
             self._transport.sendto(data, address)
         timer_at = self.quic.get_timer()
@@ -269,7 +272,6 @@ class _Link:
                 self._terminated(event)
 
     def _terminated(self, event: events.ConnectionTerminated) -> None:
-        self.dispose()
         if self.connection is not None:
             info = CloseInfo(
                 event.error_code,
@@ -278,14 +280,18 @@ class _Link:
                 transport_error=event.frame_type is not None,
             )
             self.connection.terminated(info)
+        self.dispose()
 
     def dispose(self) -> None:
         """Forget this link: timers off, connection IDs unrouted."""
+        self.disposed = True
         for handle in (self._timer, self._keepalive, self._transmit_handle):
             if handle is not None:
                 handle.cancel()
         self._timer = self._keepalive = self._transmit_handle = None
         self._transport.forget(self)
+        if self.connection is not None:
+            self.connection.terminated(CloseInfo(CloseCode.SHUTDOWN, "transport.shutdown", False))
 
 
 class _Endpoint(asyncio.DatagramProtocol):
