@@ -3,7 +3,14 @@ gone from the database and WAL bytes."""
 
 from __future__ import annotations
 
+import os
 import random
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -122,3 +129,114 @@ async def test_damaged_row_is_a_storage_error_without_key_material(tmp_path: Pat
             await SessionStore(store).load_session(world.alice.peer_id)
         assert info.value.code == "session_store.corrupt"
         assert secret.hex() not in str(info.value) and repr(secret) not in repr(info.value)
+
+
+# ------------------------------------------------------------------ kill -9 around sends
+
+SENDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from node import prekeys, session
+    from node.crypto import SigningKey, random_bytes
+    from node.identity import Identity, PeerId
+    from node.session_store import SessionStore
+    from node.store import Store
+
+    DB, SEED, BUNDLE, PEER, COUNT = sys.argv[1:6]
+    OUTBOX = "CREATE TABLE IF NOT EXISTS test_outbox (n INTEGER PRIMARY KEY, data BLOB)"
+
+    def transmit(data):
+        sys.stdout.write(data.hex() + "\\n")
+        sys.stdout.flush()
+
+    async def main():
+        me = Identity(SigningKey(bytes.fromhex(SEED)))
+        peer = PeerId(bytes.fromhex(PEER))
+        async with Store.open(DB) as store:
+            await store.write([(OUTBOX, ())])
+            states = SessionStore(store)
+            for _, data in await store.fetch_all("SELECT n, data FROM test_outbox ORDER BY n"):
+                transmit(bytes(data))  # re-send what may not have left before the crash
+            await store.write([("DELETE FROM test_outbox", ())])
+            current = await states.load_session(peer)
+            if current is None:
+                bundle = prekeys.verify_bundle(bytes.fromhex(BUNDLE), now=1.7e9, expected=peer)
+                current = session.start(me, bundle, rng=random_bytes)
+            for _ in range(int(COUNT)):
+                number = current.ratchet.ns
+                current, data = session.encrypt(current, b"msg %d" % number)
+                row = ("INSERT INTO test_outbox (n, data) VALUES (?, ?)", (number, data))
+                await states.save(now=1.7e9, session=current, extra=(row,))  # persist ...
+                transmit(data)  # ... before send
+                await store.write([("DELETE FROM test_outbox WHERE n = ?", (number,))])
+
+    asyncio.run(main())
+    """
+)
+
+
+def read_lines(process: subprocess.Popen[bytes], count: int, deadline: float) -> list[bytes]:
+    """Up to ``count`` complete lines from the child's stdout, bounded by ``deadline``."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    buffer, lines = b"", list[bytes]()
+    while len(lines) < count and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        lines += complete
+    return lines
+
+
+def test_kill_9_never_reuses_a_message_number_nor_loses_a_message(tmp_path: Path) -> None:
+    world = World()
+    bundle = prekeys.make_bundle(world.bob_prekeys, world.bob, now=NOW)
+    args = [
+        str(tmp_path / "alice.db"),
+        world.alice.signing_key.seed().hex(),
+        bundle.to_bytes().hex(),
+        world.bob.peer_id.key.hex(),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    deadline = time.monotonic() + 60
+    chooser = random.Random(9)
+    wire: list[bytes] = []
+    for _ in range(4):  # killed at a random point while sending
+        child = subprocess.Popen(
+            [sys.executable, "-c", SENDER, *args, "100000"], stdout=subprocess.PIPE, env=env
+        )
+        try:
+            wire += read_lines(child, chooser.randrange(5, 40), deadline)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=10)
+        wire += read_lines(child, 10**6, deadline)  # what it wrote before dying
+    done = subprocess.run(
+        [sys.executable, "-c", SENDER, *args, "5"],
+        capture_output=True,
+        timeout=30,
+        env=env,
+        check=True,
+    )
+    wire += done.stdout.split()
+    by_number: dict[tuple[bytes, int], bytes] = {}
+    bob_prekeys, bob_session, delivered = world.bob_prekeys, None, []
+    for line in wire:
+        data = bytes.fromhex(line.decode())
+        header = session.parse_message(data).ratchet_message[:40]
+        key = (header[:32], int.from_bytes(header[36:], "big"))
+        assert by_number.setdefault(key, data) == data, "a message number was reused"
+        try:
+            got = world.bob_receives(bob_prekeys, bob_session, data)
+        except ReplayError:
+            continue  # a re-send from the outbox after a crash
+        bob_prekeys, bob_session = got.prekeys, got.session
+        delivered.append(int(got.plaintext.split()[1]))
+    assert bob_session is not None
+    assert sorted(delivered) == list(range(bob_session.ratchet.nr)), "a message was lost"
+    assert len(delivered) >= 5
