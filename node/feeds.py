@@ -299,6 +299,16 @@ class RangeSet:
         self._starts[low:high] = [start]
         self._ends[low:high] = [end]
 
+    def discard(self, value: int) -> None:
+        """Remove ``value`` if present, splitting its span."""
+        i = bisect.bisect_right(self._starts, value) - 1
+        if i < 0 or value >= self._ends[i]:
+            return
+        start, end = self._starts[i], self._ends[i]
+        pieces = [(s, e) for s, e in ((start, value), (value + 1, end)) if s < e]
+        self._starts[i : i + 1] = [s for s, _ in pieces]
+        self._ends[i : i + 1] = [e for _, e in pieces]
+
     def __contains__(self, value: object) -> bool:
         if type(value) is not int:
             return False
