@@ -18,8 +18,9 @@ without I/O, whether a deposit is accepted; time is passed in as ``now``. Contra
   removes what expired and returns it so the server can delete it from disk;
   :meth:`get_timer` says when to call it next.
 - **Rate limits**: one token bucket per sender (``sender_rate`` tokens/s, ``sender_burst``
-  capacity). At most ``max_senders`` buckets are kept; beyond that the least recently used
-  bucket is forgotten (that sender starts again with a full bucket: memory stays bounded).
+  capacity; :class:`node.backoff.TokenBuckets`). At most ``max_senders`` buckets are kept;
+  beyond that the least recently used is forgotten (memory stays bounded). A refusal's
+  ``retry_after`` is the time one token takes to refill (an upper bound of the wait).
 - **Deletion only after ack**: :meth:`remove` takes a mailbox id and envelope ids and removes
   only the ids that belong to that mailbox; the server calls it after the owner's ack.
 """
@@ -27,10 +28,10 @@ without I/O, whether a deposit is accepted; time is passed in as ``now``. Contra
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from node.backoff import TokenBuckets
 from node.errors import LocalProtocolError
 
 __all__ = [
@@ -40,8 +41,6 @@ __all__ = [
     "MailboxLimits",
     "Refused",
     "StoredEnvelope",
-    "TokenBucket",
-    "TokenBuckets",
 ]
 
 DAY = 86_400.0
@@ -59,7 +58,7 @@ class MailboxLimits:
     default_ttl: float = 14 * DAY
     max_ttl: float = 30 * DAY
     sender_rate: float = 50.0
-    sender_burst: float = 500.0
+    sender_burst: int = 500
     max_senders: int = 100_000
 
     def __post_init__(self) -> None:
@@ -96,47 +95,6 @@ class Refused:
     retry_after: float | None = None
 
 
-class TokenBucket:
-    """``rate`` tokens per second up to ``burst``; starts full."""
-
-    __slots__ = ("burst", "rate", "tokens", "updated")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens, self.updated = burst, now
-
-    def take(self, now: float, cost: float = 1.0) -> float:
-        """Take ``cost`` tokens: returns 0.0 on success, else the seconds to wait (none taken)."""
-        elapsed = max(0.0, now - self.updated)
-        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-        self.updated = max(self.updated, now)
-        if self.tokens >= cost:
-            self.tokens -= cost
-            return 0.0
-        return (cost - self.tokens) / self.rate
-
-
-class TokenBuckets:
-    """One :class:`TokenBucket` per key, at most ``max_keys`` (least recently used evicted)."""
-
-    def __init__(self, rate: float, burst: float, max_keys: int) -> None:
-        self.rate, self.burst, self.max_keys = rate, burst, max_keys
-        self._buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
-
-    def take(self, key: bytes, now: float, cost: float = 1.0) -> float:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
-            if len(self._buckets) > self.max_keys:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(key)
-        return bucket.take(now, cost)
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-
 @dataclass(slots=True)
 class _Box:
     entries: dict[bytes, StoredEnvelope] = field(default_factory=dict)
@@ -155,6 +113,7 @@ class MailboxBook:
         self._senders = TokenBuckets(
             self.limits.sender_rate, self.limits.sender_burst, self.limits.max_senders
         )
+        self._refill = 1.0 / self.limits.sender_rate
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -221,9 +180,10 @@ class MailboxBook:
         refusal = self._check(mailbox_id, size, ttl)
         if refusal is not None:
             return refusal
-        wait = self._senders.take(sender, now)
-        if wait > 0:
-            return Refused("mailbox.rate_limited", "too many deposits: slow down", retry_after=wait)
+        if not self._senders.allow(sender.hex(), now):
+            return Refused(
+                "mailbox.rate_limited", "too many deposits: slow down", retry_after=self._refill
+            )
         lifetime = self.limits.default_ttl if ttl is None else ttl
         entry = StoredEnvelope(envelope_id, mailbox_id, size, now + lifetime)
         self._insert(entry)

@@ -1,4 +1,5 @@
-"""Prometheus metrics of a rendezvous server: the only module that imports ``prometheus_client``.
+"""Operations of a rendezvous server: Prometheus metrics (the only ``prometheus_client``
+importer) and structured JSON log lines.
 
 Every :class:`Metrics` has its own registry (several servers may live in one test process).
 Labels never carry peer ids or addresses: only refusal reason codes, which are a fixed set.
@@ -6,6 +7,8 @@ Labels never carry peer ids or addresses: only refusal reason codes, which are a
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from typing import Any
 
@@ -14,7 +17,7 @@ from prometheus_client.exposition import start_http_server
 
 from node.errors import StorageError
 
-__all__ = ["Metrics"]
+__all__ = ["JsonLogFormatter", "Metrics"]
 
 
 class Metrics:
@@ -68,3 +71,16 @@ class Metrics:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: ``ts``, ``level``, ``event`` and the record's ``fields``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
+        data.update(getattr(record, "fields", {}))
+        return json.dumps(data, sort_keys=True)
