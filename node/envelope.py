@@ -40,7 +40,7 @@ from node.crypto import (
     ed25519_public_to_x25519,
     hkdf_sha256,
 )
-from node.errors import LimitExceededError, RemoteProtocolError
+from node.errors import LocalProtocolError, RemoteProtocolError
 from node.identity import Identity, PeerId
 
 __all__ = [
@@ -119,9 +119,9 @@ def _bucket(size: int) -> int:
 def seal(recipient: PeerId, sender: PeerId, payload: bytes, *, expires: int, rng: Rng) -> bytes:
     """Seal ``payload`` (a session message) for ``recipient``'s mailbox, padded to a bucket."""
     if len(payload) > MAX_PAYLOAD:
-        raise LimitExceededError("payload too large for an envelope", code="envelope.too_large")
+        raise LocalProtocolError("payload too large for an envelope", code="envelope.too_large")
     if not 0 <= expires < _MAX_EXPIRES:
-        raise RemoteProtocolError("expiry out of range", code="envelope.bad_expiry")
+        raise LocalProtocolError("expiry out of range", code="envelope.bad_expiry")
     recipient_x25519 = ed25519_public_to_x25519(recipient.key)
     ephemeral = X25519PrivateKey.generate(rng)
     outer = _OUTER.pack(ENVELOPE_VERSION, mailbox_id(recipient), expires, ephemeral.public_key)

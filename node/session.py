@@ -32,7 +32,7 @@ from typing import Annotated
 
 from node import ratchet, wire
 from node.crypto import AEAD_TAG_SIZE, KEY_SIZE, Rng
-from node.errors import CryptoError, LimitExceededError, RemoteProtocolError
+from node.errors import CryptoError, LimitExceededError, LocalProtocolError, RemoteProtocolError
 from node.identity import Identity, PeerId, safety_number
 from node.prekeys import PrekeyBundle, PrekeyState
 from node.ratchet import RatchetState
@@ -152,7 +152,7 @@ def start(
 def encrypt(session: Session, plaintext: bytes) -> tuple[Session, bytes]:
     """Encrypt for the peer: returns (new session, wire bytes). Store, then send."""
     if len(plaintext) > MAX_PLAINTEXT:
-        raise LimitExceededError("plaintext too large for one message", code="session.too_large")
+        raise LocalProtocolError("plaintext too large for one message", code="session.too_large")
     state, message = ratchet.encrypt(session.ratchet, plaintext, session.associated_data)
     if session.pending_init is None:
         wire_bytes = bytes([KIND_NORMAL]) + message

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node import envelope
-from node.errors import DecryptionError, LimitExceededError, PeerlineError, RemoteProtocolError
+from node.errors import DecryptionError, LocalProtocolError, PeerlineError, RemoteProtocolError
 from node.identity import Identity
 
 RNG = random.Random(5).randbytes
@@ -55,8 +55,10 @@ def test_same_bucket_same_size_whatever_the_payload() -> None:
 
 
 def test_payload_limit() -> None:
-    with pytest.raises(LimitExceededError):
+    with pytest.raises(LocalProtocolError):
         seal(bytes(envelope.MAX_PAYLOAD + 1))
+    with pytest.raises(LocalProtocolError):
+        envelope.seal(BOB.peer_id, ALICE.peer_id, b"", expires=-1, rng=RNG)
     assert len(seal(bytes(envelope.MAX_PAYLOAD))) == envelope.MAX_ENVELOPE
 
 

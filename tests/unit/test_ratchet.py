@@ -164,6 +164,26 @@ def test_forward_jump_is_bounded_by_max_skip() -> None:
     assert len(bob.skipped) == ratchet.MAX_SKIP
 
 
+def test_gap_beyond_max_skip_in_the_old_chain_is_given_up_not_blocking() -> None:
+    """Like doubleratchet: a DH step whose old chain lacks more than MAX_SKIP messages does
+    not derive them (bounded work); the session moves on and those messages are lost."""
+    alice, bob = pair()
+    alice, first = send(alice, b"first")
+    bob, _ = recv(bob, first)
+    lost = []
+    for _ in range(ratchet.MAX_SKIP + 1):
+        alice, m = send(alice, b"never delivered")
+        lost.append(m)
+    bob, reply = send(bob, b"reply")
+    alice, _ = recv(alice, reply)
+    alice, fresh = send(alice, b"new chain")
+    bob, text = recv(bob, fresh)
+    assert text == b"new chain"
+    assert bob.skipped == {}
+    with pytest.raises(ReplayError):
+        recv(bob, lost[0])
+
+
 def test_stored_skipped_keys_are_capped_oldest_first() -> None:
     alice, bob = pair()
     messages = []

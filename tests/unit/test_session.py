@@ -11,6 +11,7 @@ from node import prekeys, session
 from node.errors import (
     CryptoError,
     LimitExceededError,
+    LocalProtocolError,
     PeerlineError,
     RemoteProtocolError,
     ReplayError,
@@ -143,6 +144,19 @@ def test_simultaneous_start_converges_on_one_session() -> None:
         assert deliver(alice, bob, send(bob, b"b%d" % i)).plaintext == b"b%d" % i
 
 
+def test_a_peer_that_restarted_its_session_replaces_ours() -> None:
+    alice, bob = parties()
+    alice.session = session.start(alice.identity, bundle_of(bob), rng=RNG)
+    deliver(bob, alice, send(alice, b"hello"))
+    deliver(alice, bob, send(bob, b"hi"))
+    old_base = bob.session.base_key if bob.session else b""
+    alice.session = session.start(alice.identity, bundle_of(bob), rng=RNG)  # lost its state
+    got = deliver(bob, alice, send(alice, b"again"))
+    assert (got.plaintext, got.new_session) == (b"again", True)
+    assert got.session.base_key != old_base
+    assert deliver(alice, bob, send(bob, b"welcome back")).plaintext == b"welcome back"
+
+
 def test_contact_key_change_is_an_event_never_silent() -> None:
     alice, bob = parties()
     carol, _ = parties(seed=3)
@@ -164,7 +178,7 @@ def test_parse_refuses_garbage_and_oversize() -> None:
         session.parse_message(b"\x01" + bytes(session.MAX_WIRE_MESSAGE))
     alice, bob = parties()
     alice.session = session.start(alice.identity, bundle_of(bob), rng=RNG)
-    with pytest.raises(LimitExceededError):
+    with pytest.raises(LocalProtocolError):
         session.encrypt(alice.session, bytes(session.MAX_PLAINTEXT + 1))
     biggest = send(alice, bytes(session.MAX_PLAINTEXT))
     assert len(biggest) == session.MAX_WIRE_MESSAGE
