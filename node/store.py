@@ -24,12 +24,13 @@ This is the only module that imports ``sqlite3``. Contracts:
   :class:`StorageError`. After a failure (including disk full) the transaction is rolled back
   and the writer keeps serving: writes succeed again once space is freed.
 
-Why not aiosqlite: its public API costs one thread hop (~110 us) per statement, so a unit with
-its SAVEPOINT/RELEASE would cost three hops and cap group commit near 3k units/s. Instead each
-connection owns one dedicated thread (:class:`_Worker`: a ``SimpleQueue`` in,
-``call_soon_threadsafe`` out, about 2x cheaper per hop than ``run_in_executor``) and a whole
-batch runs in one hop. The threads end on ``close()`` and, being daemons, never block
-interpreter exit (an aiosqlite 0.22 connection left open does).
+Why a batch per thread hop: aiosqlite's public API costs one hop to its worker thread (~110 us)
+per statement, so a unit with its SAVEPOINT/RELEASE would cost three hops and cap group commit
+near 3k units/s. Each connection is an ``aiosqlite.Connection`` (one worker thread per
+connection), and :class:`_Worker` runs a whole batch of statements in that thread in ONE hop
+through aiosqlite's ``_execute`` (private but unchanged since 0.17; pinned <0.23 and covered by
+tests/integration/test_store.py). aiosqlite 0.22's threads are not daemons: ``close()`` runs on
+every path (``Store.open`` is a context manager), so the process never hangs at exit.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from queue import SimpleQueue
-from threading import Thread
 from typing import Any, TypeAlias, TypeVar
+
+import aiosqlite
 
 from node.errors import (
     LocalProtocolError,
@@ -217,45 +218,26 @@ def _run_batch_unguarded(
 
 
 class _Worker:
-    """One dedicated thread that owns one ``sqlite3`` connection; ``call`` runs a function there.
+    """One aiosqlite connection thread; ``call`` runs a function in it, one hop per call.
 
-    Jobs run in submission order, one at a time. ``stop`` lets queued jobs finish, then the
-    thread ends.
+    The ``sqlite3`` connection is made in the thread by ``connector`` (so it is created, used
+    and closed there only). This class is the only user of aiosqlite's private ``_execute``.
     """
 
-    def __init__(self, name: str) -> None:
-        self._jobs: SimpleQueue[tuple[asyncio.Future[Any], Callable[[], Any]] | None] = (
-            SimpleQueue()
-        )
-        self._thread = Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
+    def __init__(self, connector: Callable[[], sqlite3.Connection]) -> None:
+        self._proxy = aiosqlite.Connection(connector, iter_chunk_size=64)
 
-    def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            future, function = job
-            try:
-                result, error = function(), None
-            except BaseException as exc:  # handed to the awaiting coroutine
-                result, error = None, exc
-            with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody waits
-                future.get_loop().call_soon_threadsafe(_settle, future, result, error)
+    async def start(self) -> sqlite3.Connection:
+        await self._proxy
+        return self._proxy._conn
 
     async def call(self, function: Callable[[], _T]) -> _T:
-        future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
-        self._jobs.put((future, function))
-        return await future
+        result: _T = await self._proxy._execute(function)  # type: ignore[no-untyped-call]
+        return result
 
-    def stop(self) -> None:
-        self._jobs.put(None)
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is None:
-        future.set_result(result)
-    else:
-        future.set_exception(error)
+    async def close(self) -> None:
+        """Close the connection and end the thread (also after a failed ``start``)."""
+        await self._proxy.close()
 
 
 class Store:
@@ -297,16 +279,14 @@ class Store:
 
     @classmethod
     async def _open(cls, path: Path, migrations: Sequence[str] | None) -> Store:
-        wworker, rworker = _Worker("store-writer"), _Worker("store-reader")
-        writer: sqlite3.Connection | None = None
+        wworker = _Worker(lambda: _open_writer(path, migrations))
+        rworker = _Worker(lambda: _connect(path, read_only=True))
         try:
-            writer = await wworker.call(lambda: _open_writer(path, migrations))
-            reader = await rworker.call(lambda: _connect(path, read_only=True))
+            writer = await wworker.start()
+            reader = await rworker.start()
         except BaseException as exc:
-            if writer is not None:
-                await wworker.call(writer.close)
-            wworker.stop()
-            rworker.stop()
+            await rworker.close()
+            await wworker.close()
             if isinstance(exc, sqlite3.Error | OSError):
                 raise map_error(exc) from None
             raise
@@ -451,7 +431,5 @@ class Store:
                 self._task.cancel()
             self._closed = True
             # Reader first: the writer, closing last, checkpoints and removes the WAL files.
-            await self._rworker.call(self._reader.close)
-            await self._wworker.call(self._writer.close)
-            self._rworker.stop()
-            self._wworker.stop()
+            await self._rworker.close()
+            await self._wworker.close()
