@@ -28,6 +28,7 @@ import click
 from cli.demo import demo
 from cli.identity_cmds import id_command, init
 from cli.output import AppContext, emit, emit_error
+from cli.rendezvous_cmds import rendezvous
 from node.errors import PeerlineError, UsageError
 
 __all__ = [
@@ -50,7 +51,7 @@ _EXIT_BY_CODE = {
     "aborted": EXIT_FAILURE,
 }
 
-COMMANDS: tuple[click.Command, ...] = (init, id_command, demo)
+COMMANDS: tuple[click.Command, ...] = (init, id_command, demo, rendezvous)
 
 
 def peerline_version() -> str:

@@ -8,11 +8,14 @@ the connections of peers they refuse. Invite tokens are shown once and stored on
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from node.crypto import Rng, random_bytes
-from node.errors import UsageError
+from node.errors import PeerlineError, StorageError, UsageError
 from node.identity import PeerId
 from node.registry import Invite, invite_hash
 from rendezvous import db
@@ -21,10 +24,12 @@ from rendezvous.protocol import invite_token_text
 __all__ = [
     "AccessListing",
     "allow",
+    "backup",
     "ban",
     "create_invite",
     "deny",
     "listing",
+    "restore",
     "unban",
 ]
 
@@ -125,3 +130,49 @@ async def listing(directory: Path) -> AccessListing:
             for h, u, e, c in invites
         ],
     )
+
+
+async def backup(directory: Path, destination: Path) -> None:
+    """Online backup of the server database into ``destination`` (a new file).
+
+    Safe while the server runs: SQLite's backup API copies a consistent snapshot that holds
+    every committed deposit. The identity key is not in it: back up ``DIR/identity.key`` once.
+    """
+    _require_db(directory)
+    async with db.open_db(directory) as store:
+        await store.backup(destination)
+
+
+async def restore(directory: Path, source: Path) -> None:
+    """Replace the server database with a backup; the server must be stopped.
+
+    The backup is first opened (and migrated if older) under a temporary name, so a damaged
+    or foreign file is refused and the current database is left as it was.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = directory / db.DB_FILE
+    temp = directory / f".{db.DB_FILE}.restore"
+    with db.serve_lock(directory):
+        try:
+            shutil.copyfile(source, temp)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read {source}: {exc.strerror}", code="usage.invalid"
+            ) from None
+        try:
+            async with db.open_db_file(temp) as store:
+                await db.read_version(store)
+        except PeerlineError as exc:
+            _remove(temp)
+            raise StorageError(
+                f"{source} is not a rendezvous backup ({exc.code})", code="rendezvous.bad_backup"
+            ) from None
+        for suffix in ("-wal", "-shm"):
+            _remove(Path(f"{target}{suffix}"))
+            _remove(Path(f"{temp}{suffix}"))
+        os.replace(temp, target)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

@@ -15,16 +15,21 @@ Presence and directory entries live in memory only: they are refreshed by their 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+from node.errors import UsageError
 from node.mailbox import StoredEnvelope
 from node.registry import AccessMode, AccessRules, Invite
 from node.store import Store, WriteOp
 
 __all__ = [
     "DB_FILE",
+    "LOCK_FILE",
     "MIGRATIONS",
     "access_ops",
     "bump_version",
@@ -34,13 +39,16 @@ __all__ = [
     "load_access",
     "load_envelopes",
     "open_db",
+    "open_db_file",
     "read_envelopes",
     "read_setting",
     "read_version",
+    "serve_lock",
     "set_setting",
 ]
 
 DB_FILE = "rendezvous.db"
+LOCK_FILE = "serve.lock"
 
 _V1 = """
 CREATE TABLE envelopes (
@@ -79,7 +87,11 @@ _FLAGS = ("allowed", "banned", "known")
 
 def open_db(directory: Path) -> AbstractAsyncContextManager[Store]:
     """``Store.open`` of the server database in ``directory`` (an async context manager)."""
-    return Store.open(directory / DB_FILE, migrations=MIGRATIONS)
+    return open_db_file(directory / DB_FILE)
+
+
+def open_db_file(path: Path) -> AbstractAsyncContextManager[Store]:
+    return Store.open(path, migrations=MIGRATIONS)
 
 
 # --------------------------------------------------------------------------- envelopes
@@ -184,3 +196,26 @@ def set_setting(key: str, value: str) -> WriteOp:
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
+
+
+# --------------------------------------------------------------------------- process lock
+
+
+@contextlib.contextmanager
+def serve_lock(directory: Path) -> Iterator[None]:
+    """Hold ``DIR/serve.lock`` (an exclusive ``flock``) while a server runs from ``DIR``.
+
+    Raises :class:`UsageError` (``rendezvous.running``) if another process holds it. The OS
+    releases the lock when the process dies, so a ``kill -9`` leaves no stale lock.
+    """
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"a rendezvous server is running from {directory}", code="rendezvous.running"
+            ) from None
+        yield
+    finally:
+        os.close(fd)

@@ -583,9 +583,11 @@ async def serve(
     options: ServeOptions, on_ready: Callable[[dict[str, object]], None], stop: asyncio.Event
 ) -> None:
     """Run a server until ``stop`` is set, then close connections and the database cleanly."""
+    options.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     identity = await ensure_identity(options.directory)
     metrics = Metrics()
     async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(db.serve_lock(options.directory))
         store = await stack.enter_async_context(db.open_db(options.directory))
         service = RendezvousService(identity, store, options.service, metrics=metrics)
         await stack.enter_async_context(service.run())
