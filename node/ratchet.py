@@ -14,8 +14,13 @@ Constructions (the same as ``doubleratchet``'s recommended modules, which
 - root chain: HKDF-SHA256 with the root key as salt, the X25519 output as input key material
   and :data:`ROOT_INFO` as info; 64 bytes = new root key || new chain key;
 - message chains: separate HMACs, ``chain' = HMAC(chain, 0x02)``, ``mk = HMAC(chain, 0x01)``;
-- AEAD: XChaCha20-Poly1305 with key || nonce = HKDF-SHA256(mk, salt = 32 zero bytes,
-  info = :data:`AEAD_INFO`, 56 bytes); associated data = caller AD || the 40-byte header.
+- AEAD: XChaCha20-Poly1305 under ``key = HKDF-Expand-SHA256(mk, info = AEAD_INFO, 32)``
+  (one HMAC; RFC 5869 section 3.3 lets Extract be skipped because ``mk`` is already a uniform
+  HMAC output) with a constant all-zero nonce; associated data = caller AD || the 40-byte
+  header. A constant nonce is sound because every message key encrypts exactly one message
+  (the chain advances, and the state is stored before a ciphertext leaves); deriving the nonce
+  from ``mk`` as well would add an HMAC and no safety, since a repeated ``mk`` would repeat
+  any derived nonce too.
 
 Header (fixed layout, 40 bytes): sender ratchet public key (32) || PN (u32) || N (u32).
 
@@ -35,7 +40,6 @@ from typing import Annotated
 
 from node import wire
 from node.crypto import (
-    AEAD_KEY_SIZE,
     AEAD_NONCE_SIZE,
     AEAD_TAG_SIZE,
     KEY_SIZE,
@@ -81,7 +85,8 @@ CHAIN_CONSTANT = b"\x02\x01"
 HEADER = struct.Struct(">32sII")
 _NEXT_CHAIN = CHAIN_CONSTANT[:1]
 _MESSAGE_KEY = CHAIN_CONSTANT[1:]
-_ZERO_SALT = bytes(32)
+_ZERO_NONCE = bytes(AEAD_NONCE_SIZE)
+_AEAD_EXPAND_INPUT = AEAD_INFO + b"\x01"
 _STATE_VERSION = 1
 
 SkippedKeys = Mapping[tuple[bytes, int], tuple[bytes, float]]
@@ -154,23 +159,19 @@ def _kdf_chain(chain_key: bytes) -> tuple[bytes, bytes]:
     return hmac_sha256(chain_key, _NEXT_CHAIN), hmac_sha256(chain_key, _MESSAGE_KEY)
 
 
-def _aead_params(message_key: bytes) -> tuple[bytes, bytes]:
-    out = hkdf_sha256(
-        message_key, salt=_ZERO_SALT, info=AEAD_INFO, length=AEAD_KEY_SIZE + AEAD_NONCE_SIZE
-    )
-    return out[:AEAD_KEY_SIZE], out[AEAD_KEY_SIZE:]
+def _aead_key(message_key: bytes) -> bytes:
+    """HKDF-Expand(PRK = mk, info = AEAD_INFO, L = 32) = HMAC(mk, AEAD_INFO || 0x01)."""
+    return hmac_sha256(message_key, _AEAD_EXPAND_INPUT)
 
 
 def seal_with_message_key(message_key: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
-    """The ratchet's AEAD: XChaCha20-Poly1305 under a key and nonce derived from ``mk``."""
-    key, nonce = _aead_params(message_key)
-    return aead_encrypt(key, nonce, plaintext, associated_data)
+    """The ratchet's AEAD: XChaCha20-Poly1305 under a key derived from ``mk`` (zero nonce)."""
+    return aead_encrypt(_aead_key(message_key), _ZERO_NONCE, plaintext, associated_data)
 
 
 def open_with_message_key(message_key: bytes, ciphertext: bytes, associated_data: bytes) -> bytes:
     """Inverse of :func:`seal_with_message_key`; :class:`DecryptionError` on any forgery."""
-    key, nonce = _aead_params(message_key)
-    return aead_decrypt(key, nonce, ciphertext, associated_data)
+    return aead_decrypt(_aead_key(message_key), _ZERO_NONCE, ciphertext, associated_data)
 
 
 # --------------------------------------------------------------------------- construction
