@@ -69,6 +69,10 @@ PURE_PATTERNS: tuple[str, ...] = (
     "node/registry.py",
     "node/framing.py",
     "node/config.py",
+    "node/backoff.py",
+    "node/channel.py",
+    "node/replication.py",
+    "node/messaging.py",
 )
 
 IMPURE_STDLIB = (
