@@ -1,0 +1,170 @@
+"""The rendezvous server as a real process: kill -9 under deposit load, SIGTERM, logs, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from node import envelope
+from node.crypto import random_bytes
+from node.errors import PeerlineError
+from node.identity import Identity
+from node.transport import Transport
+from rendezvous.client import RendezvousClient
+from rendezvous.protocol import RendezvousAddress
+
+pytestmark = pytest.mark.system
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class ServerProcess:
+    def __init__(self, directory: Path, listen: str, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "--json",
+                "rendezvous",
+                "serve",
+                "--data",
+                str(directory),
+                "--listen",
+                listen,
+                *extra,
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.info: dict[str, str] = {}
+
+    async def ready(self) -> dict[str, str]:
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), 30)
+        self.info = json.loads(line)
+        assert self.info["event"] == "ready"
+        return self.info
+
+    def stop(self, sig: int) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+    def stderr(self) -> str:
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read().decode()
+
+
+@contextlib.asynccontextmanager
+async def server(directory: Path, listen: str, *extra: str) -> AsyncIterator[ServerProcess]:
+    process = ServerProcess(directory, listen, *extra)
+    try:
+        await process.ready()
+        yield process
+    finally:
+        if process.proc.poll() is None:
+            process.stop(signal.SIGKILL)
+        for stream in (process.proc.stdout, process.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def sealed(owner: Identity, n: int) -> bytes:
+    return envelope.seal(
+        owner.peer_id,
+        Identity.generate().peer_id,
+        b"message %d" % n,
+        expires=int(time.time()) + 3600,
+        rng=random_bytes,
+    )
+
+
+async def deposit_load(
+    address: RendezvousAddress, owner: Identity, receipted: set[bytes], start: int, count: int
+) -> None:
+    async with Transport(Identity.generate()) as transport:
+        client = RendezvousClient(transport, address, timeout=2.0)
+        for n in range(start, start + count):
+            receipt = await client.deposit(sealed(owner, n))
+            receipted.add(receipt.envelope_id)
+
+
+async def test_kill9_during_deposits_loses_no_receipted_envelope(tmp_path: Path) -> None:
+    owner = Identity.generate()
+    receipted: set[bytes] = set()
+    async with server(tmp_path / "rv", "127.0.0.1:0") as first:
+        address = RendezvousAddress.parse(first.info["address"])
+        load = [
+            asyncio.create_task(deposit_load(address, owner, receipted, i * 10_000, 10_000))
+            for i in range(8)
+        ]
+        deadline = time.monotonic() + 30
+        while len(receipted) < 300 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        first.proc.kill()  # kill -9 in the middle of the load
+        first.proc.wait(timeout=10)
+        before_kill = len(receipted)
+        for task in load:
+            task.cancel()
+        results = await asyncio.gather(*load, return_exceptions=True)
+        assert all(isinstance(r, PeerlineError | asyncio.CancelledError) for r in results)
+    assert before_kill >= 300
+    listen = f"{address.host}:{address.port}"
+    async with server(tmp_path / "rv", listen) as second:
+        assert second.info["address"] == address.text()
+        delivered: Counter[bytes] = Counter()
+
+        async def store(envelope_id: bytes, data: bytes) -> None:
+            assert envelope.envelope_id(data) == envelope_id
+            envelope.open_envelope(owner, data)
+            delivered[envelope_id] += 1
+
+        async with Transport(owner) as transport:
+            client = RendezvousClient(transport, address, timeout=10.0)
+            await client.drain(store, batch=128)
+            assert (await client.pending()).total == 0
+        assert receipted <= set(delivered)
+        assert max(delivered.values()) == 1
+        assert second.stop(signal.SIGTERM) == 0
+
+
+async def test_sigterm_metrics_and_logs_without_identifiers(tmp_path: Path) -> None:
+    owner = Identity.generate()
+    async with server(tmp_path / "rv", "127.0.0.1:0", "--metrics", "127.0.0.1:0") as process:
+        address = RendezvousAddress.parse(process.info["address"])
+        async with Transport(Identity.generate()) as transport:
+            client = RendezvousClient(transport, address, timeout=5.0)
+            await client.deposit(sealed(owner, 1))
+            await client.search("")
+        url = f"http://{process.info['metrics']}/metrics"
+        text = (
+            await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        ).decode()
+        for name in (
+            "peerline_rv_connections",
+            "peerline_rv_deposits_total 1.0",
+            "peerline_rv_stored_bytes",
+            "peerline_rv_registrations",
+        ):
+            assert name in text
+        assert process.stop(signal.SIGTERM) == 0
+        logs = process.stderr()
+    events = [json.loads(line)["event"] for line in logs.splitlines()]
+    assert events[0] == "ready" and events[-1] == "stopping" and "connected" in events
+    assert "127.0.0.1" not in logs
+    assert transport.peer_id.text() not in logs and address.peer_id.text() not in logs
+    assert os.path.exists(tmp_path / "rv" / "identity.key")
