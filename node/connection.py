@@ -31,6 +31,7 @@ from node import wire
 from node.auth import Authenticated, DialerAuth, ListenerAuth
 from node.bulk import BulkStream
 from node.channel import (
+    INITIAL_CREDIT,
     CloseCode,
     Credit,
     Failure,
@@ -82,6 +83,8 @@ class Link(Protocol):
 
     def send(self, stream_id: int, data: bytes, end: bool = False) -> None: ...
 
+    def flush(self) -> None: ...
+
     def open_bidi_stream(self) -> int: ...
 
     def reset(self, stream_id: int, code: int) -> None: ...
@@ -113,6 +116,8 @@ class CloseInfo:
         code, _, _ = self.reason.partition(":")
         message = f"connection closed: {self.reason or 'no reason'}"
         family = code.split(".", 1)[0] if "." in code and " " not in code else ""
+        if self.code == CloseCode.TIMEOUT and not self.transport_error:
+            return OperationTimeoutError(message, code=code or "timeout")
         if family == "auth":
             return AuthenticationError(message, code=code)
         if family == "limit":
@@ -179,6 +184,8 @@ class Connection:
         self._tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
         self._goodbye: asyncio.Future[None] | None = None
+        self._early: list[tuple[int, bytes, bool]] = []
+        self._early_size = 0
         self._linger: asyncio.TimerHandle | None = None
         self.handler: Handler | None = None
         self.bulk_handler: BulkHandler | None = None
@@ -275,9 +282,17 @@ class Connection:
         self.abort(code, reason)
 
     def abort(self, code: int, reason: str) -> None:
-        """Close at once (no waiting for the peer); pending operations fail."""
+        """Close at once (no waiting for the peer); pending operations fail.
+
+        An authenticated peer first gets a :class:`Goodbye` on our reply stream, flushed
+        before the QUIC close: QUIC reports a received close only after its draining period
+        (three PTOs), the Goodbye lets the peer drop the connection as soon as it arrives.
+        """
         if self.closed.done():
             return
+        if self.peer_id is not None and self._goodbye is None:
+            self._link.send(self._reply_out, wire.encode_frame(Goodbye(int(code), reason[:200])))
+            self._link.flush()
         self._link.close(int(code), reason)
         self._terminate(CloseInfo(int(code), reason, by_peer=False))
 
@@ -295,9 +310,7 @@ class Connection:
             if stream_id == self._control_in:
                 self._on_control(data)
             elif self.peer_id is None:
-                raise AuthenticationError(
-                    "data before authentication", code="auth.unexpected_frame"
-                )
+                self._early_data(stream_id, data, end)
             elif stream_id == self._reply_in:
                 self._on_reply(data)
             elif stream_id % 4 in (0, 1):
@@ -322,6 +335,19 @@ class Connection:
 
     # ------------------------------------------------------------------ authentication
 
+    def _early_data(self, stream_id: int, data: bytes, end: bool) -> None:
+        """Non-control data before we are authenticated.
+
+        The listener may legitimately send (credit, a bulk stream) right after it sent AuthOk,
+        and QUIC may deliver that before AuthOk: a dialer keeps up to ``INITIAL_CREDIT`` bytes
+        of it and replays them once authenticated. A listener never receives such data from
+        an honest dialer.
+        """
+        self._early_size += len(data)
+        if not self.is_dialer or self._early_size > INITIAL_CREDIT:
+            raise AuthenticationError("data before authentication", code="auth.unexpected_frame")
+        self._early.append((stream_id, data, end))
+
     def _flush_auth(self) -> None:
         frames = self._auth.frames_to_send()
         if frames:
@@ -345,6 +371,9 @@ class Connection:
         self._grant_credit()
         self._worker = self._loop.create_task(self._work(), name=f"peerline-conn-{peer.short()}")
         self._observer.authenticated(self)
+        early, self._early = self._early, []
+        for stream_id, data, end in early:
+            self.stream_data(stream_id, data, end)
 
     # ------------------------------------------------------------------ control stream
 
@@ -442,7 +471,9 @@ class Connection:
                 if self._send_credit.grant(event.limit):
                     self._wake_credit_waiters()
             elif isinstance(event, Goodbye):
-                if self._goodbye is not None and not self._goodbye.done():
+                if self._goodbye is None:  # the peer is aborting: stop using the link now
+                    self._terminate(CloseInfo(event.code, event.reason, by_peer=True))
+                elif not self._goodbye.done():  # the peer acknowledged our graceful close
                     self._goodbye.set_result(None)
             elif isinstance(event, Reply):
                 self._resolve(event)

@@ -183,6 +183,10 @@ class _Link:
         if self._transmit_handle is None:
             self._transmit_handle = self._loop.call_soon(self.transmit)
 
+    def flush(self) -> None:
+        """Send what is queued now (before a close, which would discard it)."""
+        self.transmit()
+
     def open_bidi_stream(self) -> int:
         stream_id = self.quic.get_next_available_stream_id(is_unidirectional=False)
         self.quic.send_stream_data(stream_id, b"")  # creates it: the next call gets a new id
@@ -500,10 +504,11 @@ class Transport:
 
     async def _wait_for_peer(self, peer: PeerId) -> Connection:
         """After losing a simultaneous-dial race: the winning connection, once authenticated."""
-        waiter: asyncio.Future[None] = self.loop.create_future()
-        self._peer_waiters.setdefault(peer, []).append(waiter)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waiter, self.config.handshake_timeout)
+        if self.connection(peer) is None:
+            waiter: asyncio.Future[None] = self.loop.create_future()
+            self._peer_waiters.setdefault(peer, []).append(waiter)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, self.config.handshake_timeout)
         conn = self.connection(peer)
         if conn is None:
             raise DialError(f"lost the connection race to {peer.short()}", code="dial.failed")
