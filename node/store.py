@@ -122,16 +122,10 @@ def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
     return conn
 
 
-def _open_writer(path: Path, migrations: Sequence[str] | None = None) -> sqlite3.Connection:
-    """Create the file private (0600; SQLite gives its WAL files the same mode), then migrate."""
+def _open_writer(path: Path) -> sqlite3.Connection:
+    """Create the file private (0600; SQLite gives its WAL files the same mode) and connect."""
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    conn = _connect(path, read_only=False)
-    try:
-        _migrate(conn, migrations)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    return _connect(path, read_only=False)
 
 
 def _migrate(conn: sqlite3.Connection, migrations: Sequence[str] | None = None) -> None:
@@ -279,10 +273,13 @@ class Store:
 
     @classmethod
     async def _open(cls, path: Path, migrations: Sequence[str] | None) -> Store:
-        wworker = _Worker(lambda: _open_writer(path, migrations))
+        wworker = _Worker(lambda: _open_writer(path))
         rworker = _Worker(lambda: _connect(path, read_only=True))
         try:
             writer = await wworker.start()
+            # Migrate after connecting, not inside the connector: a failing aiosqlite connector
+            # leaves a stop job behind that can outlive the event loop.
+            await wworker.call(lambda: _migrate(writer, migrations))
             reader = await rworker.start()
         except BaseException as exc:
             await rworker.close()
