@@ -27,6 +27,7 @@ __all__ = [
     "CryptoError",
     "DecryptionError",
     "DialError",
+    "DiscoveryError",
     "Fault",
     "FeedError",
     "IdentityExistsError",
@@ -215,6 +216,13 @@ class DialError(PeerlineError):
     """A peer could not be reached (no address, unreachable, refused, handshake timeout)."""
 
     default_code = "dial.failed"
+    fault: ClassVar[Fault] = "environment"
+
+
+class DiscoveryError(PeerlineError):
+    """Local peer discovery (mDNS, DHT socket) could not start or announce on this host."""
+
+    default_code = "discovery.failed"
     fault: ClassVar[Fault] = "environment"
 
 
