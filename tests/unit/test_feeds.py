@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from node import feeds, merkle, wire
 from node.crypto import SigningKey
-from node.errors import FeedError, LocalProtocolError
+from node.errors import FeedError, LocalProtocolError, RemoteProtocolError
 from node.feeds import Chunk, ChunkHead, Entry, FeedState, FeedWriter
 from node.identity import Identity
 
@@ -355,3 +355,21 @@ def test_range_set_matches_a_plain_set(
     higher = [i for i in plain_a if i > probe]
     assert a.below(probe) == (max(lower) if lower else None)
     assert a.above(probe) == (min(higher) if higher else None)
+
+
+CHUNK = write(6, per_chunk=6)[0]
+CHUNK_BYTES = wire.encode_message(CHUNK)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, len(CHUNK_BYTES) - 1), st.integers(1, 255))
+def test_any_flipped_byte_is_refused(position: int, flip: int) -> None:
+    """Whatever byte of a chunk changes, decoding or verification refuses it."""
+    data = bytearray(CHUNK_BYTES)
+    data[position] ^= flip
+    try:
+        chunk = wire.decode_message(Chunk, bytes(data))
+    except RemoteProtocolError:
+        return
+    with pytest.raises(FeedError):
+        fresh().accept(chunk)

@@ -7,9 +7,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node import wire
-from node.errors import LocalProtocolError
-from node.feeds import FeedState
-from node.replication import PeerFlagged, ReplicationConfig, ReplicationSession
+from node.errors import LocalProtocolError, RemoteProtocolError
+from node.feeds import EquivocationProof, FeedState
+from node.replication import (
+    Conflict,
+    Data,
+    Have,
+    Missing,
+    PeerFlagged,
+    ReplicationConfig,
+    ReplicationSession,
+    Want,
+)
 from tests.unit.test_replication import FEED, FEED_2, SECOND, WRITER, Net, Peer, write
 
 OURS = write(96, per_chunk=4)
@@ -73,3 +82,40 @@ def test_foreign_frames_are_caller_misuse() -> None:
 
     with pytest.raises(LocalProtocolError):
         session.receive_frame(NotOurs(), 0.0)
+
+
+_HONEST = OURS[:3]
+_FRAMES = [
+    wire.encode_frame(frame)
+    for frame in (
+        Have(FEED, [0, 3, 5, 9]),
+        Want(FEED, [2, 1]),
+        Data(_HONEST[1]),
+        Missing(FEED, [4]),
+        Conflict(EquivocationProof(_HONEST[1].head, _HONEST[2].head)),
+    )
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(_FRAMES), st.data())
+def test_mutated_frames_flag_or_pass_never_crash(frame: bytes, data: st.DataObject) -> None:
+    """Network bytes in: frames or RemoteProtocolError; a session flags or carries on."""
+    mutated = bytearray(frame)
+    for _ in range(data.draw(st.integers(1, 3))):
+        position = data.draw(st.integers(0, len(mutated) - 1))
+        mutated[position] ^= data.draw(st.integers(1, 255))
+    peer = Peer.holding(_HONEST)
+    try:
+        decoded = wire.FrameDecoder().feed(bytes(mutated))
+    except RemoteProtocolError:
+        return
+    for message in decoded:
+        try:
+            peer.session.receive_frame(message, 0.0)
+        except LocalProtocolError:
+            assert not isinstance(message, Have | Want | Data | Missing | Conflict)
+        peer.pump()
+    flagged = peer.of(PeerFlagged)
+    assert len(flagged) <= 1 and peer.session.closed == bool(flagged)
+    assert peer.states[FEED].held.spans() == [(0, 3)]
