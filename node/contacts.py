@@ -175,18 +175,20 @@ class Contacts:
             name = name or invite.name or None
         addresses = json.dumps(invite.body.addresses if invite else [])
         rendezvous = json.dumps(invite.body.rendezvous if invite else [])
+        prekeys = invite.body.prekeys if invite and invite.body.prekeys else None
         await self._store.write(
             [
                 (
-                    "INSERT INTO contacts (peer_id, alias, name, added_at, addresses, rendezvous)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (peer_id) DO UPDATE SET"
+                    "INSERT INTO contacts (peer_id, alias, name, added_at, addresses, rendezvous,"
+                    " prekeys) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (peer_id) DO UPDATE SET"
+                    " prekeys = coalesce(excluded.prekeys, prekeys),"
                     " alias = coalesce(excluded.alias, alias),"
                     " name = coalesce(excluded.name, name),"
                     " addresses = CASE WHEN excluded.addresses = '[]' THEN addresses"
                     " ELSE excluded.addresses END,"
                     " rendezvous = CASE WHEN excluded.rendezvous = '[]' THEN rendezvous"
                     " ELSE excluded.rendezvous END",
-                    (target.peer_id.key, alias, name, now, addresses, rendezvous),
+                    (target.peer_id.key, alias, name, now, addresses, rendezvous, prekeys),
                 ),
                 self.accept_op(target.peer_id),
             ]
@@ -208,6 +210,13 @@ class Contacts:
         if contact is None:
             raise NotFoundError(f"{peer.short()} is not a contact", code="contact.unknown")
         return contact
+
+    async def invite_prekeys(self, peer: PeerId) -> bytes | None:
+        """The prekey bundle bytes an invite of ``peer`` carried (unverified), if any."""
+        row = await self._store.fetch_one(
+            "SELECT prekeys FROM contacts WHERE peer_id = ?", (peer.key,)
+        )
+        return None if row is None or row[0] is None else bytes(row[0])
 
     async def remove(self, peer: PeerId) -> None:
         await self.require(peer)

@@ -101,7 +101,8 @@ INVITE_PREFIX = "peerline://invite/"
 _MAX_HINTS = 8
 _MAX_HINT = 128
 _MAX_NAME = 64
-_MAX_INVITE_BYTES = 2048
+_MAX_INVITE_PREKEYS = 512
+_MAX_INVITE_BYTES = 3072
 
 State = Literal["queued", "sent", "stored", "delivered", "read", "failed"]
 STATES: tuple[State, ...] = ("queued", "sent", "stored", "delivered", "read", "failed")
@@ -194,6 +195,20 @@ class Presence(wire.Message):
     """The peer's presence (``online``, ``away``). Live connections only, never stored."""
 
     status: Annotated[str, wire.Str(min=1, max=16)]
+
+
+@wire.frame(0x16)
+@dataclass(frozen=True, slots=True)
+class GetPrekeys(wire.Message):
+    """Request: send me your current prekey bundle (answered with :class:`Prekeys`)."""
+
+
+@wire.frame(0x17)
+@dataclass(frozen=True, slots=True)
+class Prekeys(wire.Message):
+    """The sender's signed prekey bundle bytes (checked with ``prekeys.verify_bundle``)."""
+
+    bundle: Annotated[bytes, wire.Bytes(min=1, max=16384)]
 
 
 # --------------------------------------------------------------------------- ids, text, states
@@ -320,8 +335,8 @@ class Outbox:
     ``stored`` (a mailbox took it) stops retries until expiry: the mailbox holds it.
     ``delivered``/``read`` and ``refused`` remove the entry. At ``expires_at`` an undelivered
     entry becomes ``failed`` with reason ``expired``. ``peer_reachable`` makes the recipient's
-    pending entries due at once (a connection just came up). The timer heap uses lazy
-    deletion, so every operation is O(log n).
+    pending entries, stored ones included, due at once (a connection just came up). The
+    timer heap uses lazy deletion, so every operation is O(log n).
     """
 
     def __init__(self, rng: Rng, policy: RetryPolicy | None = None) -> None:
@@ -347,8 +362,7 @@ class Outbox:
 
     def _set(self, entry: OutboxEntry) -> None:
         self._entries[entry.message_id] = entry
-        wake = entry.expires_at if entry.state == "stored" else entry.next_attempt_at
-        heapq.heappush(self._heap, (min(wake, entry.expires_at), entry.message_id))
+        heapq.heappush(self._heap, (self._wake(entry), entry.message_id))
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must next run (``None``: nothing pending)."""
@@ -360,9 +374,9 @@ class Outbox:
             heapq.heappop(self._heap)
         return None
 
-    def _wake(self, entry: OutboxEntry) -> float:
-        wake = entry.expires_at if entry.state == "stored" else entry.next_attempt_at
-        return min(wake, entry.expires_at)
+    @staticmethod
+    def _wake(entry: OutboxEntry) -> float:
+        return min(entry.next_attempt_at, entry.expires_at)
 
     def handle_timer(self, now: float) -> None:
         while (when := self.get_timer()) is not None and when <= now:
@@ -374,6 +388,12 @@ class Outbox:
             attempt = entry.attempts + 1
             self._set(replace(entry, attempts=attempt, next_attempt_at=now + self._backoff(entry)))
             self._events.append(Attempt(message_id, entry.recipient, attempt))
+
+    def _retry_at(self, entry: OutboxEntry, now: float) -> float:
+        """A stored entry waits in the mailbox (until expiry or reachability), others back off."""
+        if entry.state == "stored":
+            return entry.expires_at
+        return now + self._policy.delay(entry.attempts, self._rng)
 
     def _backoff(self, entry: OutboxEntry) -> float:
         return self._policy.ack_timeout + self._policy.delay(entry.attempts, self._rng)
@@ -389,14 +409,13 @@ class Outbox:
         elif outcome == "refused":
             self._fail(entry, "refused")
         elif outcome == "unreachable":
-            delay = self._policy.delay(entry.attempts, self._rng)
-            self._set(replace(entry, next_attempt_at=now + delay))
+            self._set(replace(entry, next_attempt_at=self._retry_at(entry, now)))
         else:
             self._advance(entry, outcome, now)
 
     def _advance(self, entry: OutboxEntry, state: State, now: float) -> None:
         merged = merge_state(entry.state, state)
-        wait = now + self._backoff(entry)
+        wait = entry.expires_at if merged == "stored" else now + self._backoff(entry)
         self._set(replace(entry, state=merged, next_attempt_at=wait))
         if merged != entry.state:
             self._events.append(StateChanged(entry.message_id, merged))
@@ -407,9 +426,13 @@ class Outbox:
         self._events.append(Expired(entry.message_id))
 
     def peer_reachable(self, recipient: bytes, now: float) -> None:
-        """A live connection to ``recipient`` exists: retry its non-stored entries now."""
+        """A live connection to ``recipient`` exists: retry all its entries now.
+
+        Stored entries too: the recipient de-duplicates and answers with a receipt, which is
+        how a sender learns of a mailbox delivery whose receipt was lost.
+        """
         for entry in self.pending_for(recipient):
-            if entry.state != "stored" and entry.next_attempt_at > now:
+            if entry.next_attempt_at > now:
                 self._set(replace(entry, next_attempt_at=now))
 
     def next_event(self) -> OutboxEvent | None:
@@ -551,11 +574,15 @@ class _InviteBody(wire.Message):
     name: Annotated[str, wire.Str(max=_MAX_NAME)]
     addresses: Annotated[list[str], wire.ListOf(wire.Str(max=_MAX_HINT), max_items=_MAX_HINTS)]
     rendezvous: Annotated[list[str], wire.ListOf(wire.Str(max=_MAX_HINT), max_items=_MAX_HINTS)]
+    prekeys: Annotated[bytes, wire.Bytes(max=_MAX_INVITE_PREKEYS)]
 
 
 @dataclass(frozen=True, slots=True)
 class Invite(wire.Message):
-    """A signed invite: PeerId, display name, direct address hints and rendezvous servers.
+    """A signed invite: PeerId, display name, address hints, rendezvous servers and prekeys.
+
+    ``prekeys`` is the peer's prekey bundle without one-time keys (or empty): with it the
+    first message can be encrypted and left in the mailbox before the two ever met online.
 
     The signature (domain :data:`INVITE_DOMAIN`) is by the invited peer's own key, so a
     tampered link, hint or name fails to parse instead of pointing somewhere else.
@@ -574,13 +601,18 @@ class Invite(wire.Message):
 
 
 def make_invite(
-    identity: Identity, name: str, addresses: Iterable[str], rendezvous: Iterable[str] = ()
+    identity: Identity,
+    name: str,
+    addresses: Iterable[str],
+    rendezvous: Iterable[str] = (),
+    prekeys: bytes = b"",
 ) -> Invite:
     body = _InviteBody(
         identity.peer_id.key,
         unicodedata.normalize("NFC", name)[:_MAX_NAME],
         list(addresses)[:_MAX_HINTS],
         list(rendezvous)[:_MAX_HINTS],
+        prekeys,
     )
     body = _InviteBody.from_wire(body.to_wire())  # same limits as the parser, at creation
     return Invite(body, identity.sign(INVITE_DOMAIN, wire.encode_message(body)))

@@ -30,6 +30,9 @@ shown); messages get ``sender_seq``, ``ttl`` and the failure ``reason``; the out
 ciphertext once encrypted (the ratchet state that made it is saved in the same unit); ``held``
 keeps received messages waiting for an earlier sequence number; ``settings`` holds the node's
 ``policy`` and ``visibility``.
+
+v4: ``contacts.prekeys`` keeps the prekey bundle an invite carried, so a first message can be
+encrypted for a peer the node has never met online.
 """
 
 from __future__ import annotations
@@ -147,4 +150,8 @@ CREATE TABLE prekeys (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2_MESSAGING, _V3_SESSIONS)
+_V4_CONTACT_PREKEYS = """
+ALTER TABLE contacts ADD COLUMN prekeys BLOB;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2_MESSAGING, _V3_SESSIONS, _V4_CONTACT_PREKEYS)

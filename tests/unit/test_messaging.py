@@ -176,10 +176,23 @@ def test_stored_entries_wait_for_receipt_then_expire() -> None:
     outbox.report(b"a" * 16, "stored", 0.5)
     assert drain(outbox) == [StateChanged(b"a" * 16, "stored")]
     assert outbox.get_timer() == 100.0
-    outbox.peer_reachable(b"r" * 32, 1.0)  # the mailbox holds it: no direct retry
-    assert outbox.get_timer() == 100.0
+    outbox.handle_timer(99.0)  # the mailbox holds it: no timed retry
+    assert drain(outbox) == []
     outbox.handle_timer(100.0)
     assert drain(outbox) == [StateChanged(b"a" * 16, "failed", "expired"), Expired(b"a" * 16)]
+
+
+def test_reachable_peer_gets_stored_entries_again() -> None:
+    outbox = Outbox(rng_of(seeded_rng(7)))
+    outbox.add(entry(b"a" * 16, lifetime=100.0))
+    outbox.handle_timer(0.0)
+    outbox.report(b"a" * 16, "stored", 0.5)
+    drain(outbox)
+    outbox.peer_reachable(b"r" * 32, 3.0)  # the receipt may have been lost: ask directly
+    outbox.handle_timer(3.0)
+    assert drain(outbox) == [Attempt(b"a" * 16, b"r" * 32, 2)]
+    outbox.report(b"a" * 16, "unreachable", 3.5)
+    assert outbox.get_timer() == 100.0
 
 
 def test_refusal_fails_with_reason_and_reachability_retries_now() -> None:
