@@ -87,45 +87,50 @@ def parse_message(data: bytes) -> SessionMessage:
 class Session:
     """Our side of a session with ``peer``. Immutable; ``repr`` shows no key material.
 
-    ``pending_init`` is set on the initiator until the first reply decrypts; ``base_key`` is
-    the X3DH ephemeral key that identifies this session on both sides.
+    ``init`` is the X3DH header that made the session (the same on both sides: its base key
+    identifies the session); ``pending`` is true on the initiator until the first reply
+    decrypts, and while it is, every message carries ``init``.
     """
 
     peer: PeerId
     ratchet: RatchetState
     associated_data: bytes
-    base_key: bytes
-    pending_init: InitHeader | None
+    init: InitHeader
+    pending: bool
+
+    @property
+    def base_key(self) -> bytes:
+        return self.init.base_key
+
+    @property
+    def pending_init(self) -> InitHeader | None:
+        """The header to put in front of our messages, or None once the peer replied."""
+        return self.init if self.pending else None
 
     def __repr__(self) -> str:
-        pending = self.pending_init is not None
-        return f"Session(peer={self.peer.short()}, pending_init={pending}, {self.ratchet!r})"
+        return f"Session(peer={self.peer.short()}, pending={self.pending}, {self.ratchet!r})"
 
     def to_bytes(self) -> bytes:
         """Canonical, versioned bytes for the store (they contain secrets)."""
-        pending = None if self.pending_init is None else self.pending_init.to_bytes()
         record = _SessionRecord(
             _STATE_VERSION,
             self.peer.key,
             self.ratchet.to_bytes(),
             self.associated_data,
-            self.base_key,
-            pending,
+            self.init.to_bytes(),
+            self.pending,
         )
         return wire.encode_message(record)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Session:
         record = wire.decode_message(_SessionRecord, data, max_size=_MAX_STATE_BYTES)
-        pending = (
-            None if record.pending_init is None else InitHeader.from_bytes(record.pending_init)
-        )
         return cls(
             PeerId(record.peer),
             RatchetState.from_bytes(record.ratchet),
             record.associated_data,
-            record.base_key,
-            pending,
+            InitHeader.from_bytes(record.init),
+            record.pending,
         )
 
 
@@ -135,8 +140,8 @@ class _SessionRecord(wire.Message):
     peer: Annotated[bytes, wire.Bytes(size=KEY_SIZE)]
     ratchet: Annotated[bytes, wire.Bytes(max=_MAX_STATE_BYTES)]
     associated_data: Annotated[bytes, wire.Bytes(max=256)]
-    base_key: Annotated[bytes, wire.Bytes(size=KEY_SIZE)]
-    pending_init: Annotated[bytes | None, wire.Maybe(wire.Bytes(size=INIT_HEADER.size))]
+    init: Annotated[bytes, wire.Bytes(size=INIT_HEADER.size)]
+    pending: Annotated[bool, wire.Bool()]
 
 
 def start(
@@ -146,7 +151,7 @@ def start(
     agreement = initiate(identity, bundle, rng, one_time_id=one_time_id)
     state = ratchet.initiator(agreement.shared_secret, agreement.ratchet_key, rng)
     header = agreement.header
-    return Session(bundle.peer_id, state, agreement.associated_data, header.base_key, header)
+    return Session(bundle.peer_id, state, agreement.associated_data, header, pending=True)
 
 
 def encrypt(session: Session, plaintext: bytes) -> tuple[Session, bytes]:
@@ -158,9 +163,7 @@ def encrypt(session: Session, plaintext: bytes) -> tuple[Session, bytes]:
         wire_bytes = bytes([KIND_NORMAL]) + message
     else:
         wire_bytes = bytes([KIND_PREKEY]) + session.pending_init.to_bytes() + message
-    new = Session(
-        session.peer, state, session.associated_data, session.base_key, session.pending_init
-    )
+    new = Session(session.peer, state, session.associated_data, session.init, session.pending)
     return new, wire_bytes
 
 
@@ -168,14 +171,12 @@ def decrypt(
     session: Session, message: SessionMessage, *, now: float, rng: Rng
 ) -> tuple[Session, bytes]:
     """Decrypt a message of *this* session (see :func:`receive` for routing)."""
-    if message.init is not None and (
-        message.init.base_key != session.base_key or message.init.identity != session.peer
-    ):
+    if message.init is not None and message.init != session.init:
         raise RemoteProtocolError("first message of another session", code="session.mismatch")
     state, plaintext = ratchet.decrypt(
         session.ratchet, message.ratchet_message, session.associated_data, now, rng
     )
-    new = Session(session.peer, state, session.associated_data, session.base_key, None)
+    new = Session(session.peer, state, session.associated_data, session.init, pending=False)
     return new, plaintext
 
 
@@ -203,7 +204,7 @@ def _accept(
     assert init is not None  # checked by the caller
     agreement, used = respond(identity, prekeys, init)
     state = ratchet.responder(agreement.shared_secret, agreement.ratchet_key)
-    fresh = Session(init.identity, state, agreement.associated_data, init.base_key, None)
+    fresh = Session(init.identity, state, agreement.associated_data, init, pending=False)
     session, plaintext = decrypt(fresh, message, now=now, rng=rng)
     return Received(session, used, plaintext, new_session=True)
 
@@ -237,11 +238,7 @@ def receive(
         new_session, plaintext = decrypt(session, message, now=now, rng=rng)
         return Received(new_session, prekeys, plaintext, new_session=False)
     accepted = _accept(identity, prekeys, message, now=now, rng=rng)
-    if (
-        session is not None
-        and session.pending_init is not None
-        and session.base_key < init.base_key
-    ):
+    if session is not None and session.pending and session.base_key < init.base_key:
         # Simultaneous start and ours wins: deliver the plaintext, keep our session.
         return Received(session, accepted.prekeys, accepted.plaintext, new_session=False)
     return accepted

@@ -260,11 +260,16 @@ def test_persist_before_send_no_number_reuse_no_lost_message(crash_at: str) -> N
     assert replays == (1 if crash_at == "after_send" else 0)
 
 
-@pytest.mark.parametrize("which", ["first", "normal"])
+@pytest.mark.parametrize("which", ["first", "second_first", "normal"])
 def test_bit_flips_in_session_messages_are_rejected_without_state_change(which: str) -> None:
+    """ "second_first": a prekey message for a session Bob already has; a flipped prekey id
+    in its X3DH header once slipped through (found by the state machine)."""
     alice, bob = parties()
     alice.session = session.start(alice.identity, bundle_of(bob), rng=RNG)
     data = send(alice, b"x")
+    if which == "second_first":
+        deliver(bob, alice, data)
+        data = send(alice, b"x")
     if which == "normal":
         deliver(bob, alice, data)
         deliver(alice, bob, send(bob, b"y"))
