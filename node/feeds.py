@@ -375,7 +375,9 @@ class FeedState:
     Entries themselves live in the store; this object decides what to accept and what to ask
     for. Every pair of index-adjacent held heads links, and held heads never overlap, so the
     chunks ``0..linked_prefix()-1`` are chained to the genesis and the rest wait, verified by
-    their signatures, for their gaps to be backfilled.
+    their signatures, for their gaps to be backfilled. After an equivocation the head seen
+    first at each index stays; the other is only kept inside the proof, so two nodes may hold
+    different branches of a flagged feed past the fork.
     """
 
     def __init__(
@@ -425,6 +427,19 @@ class FeedState:
         """The held head with the largest index."""
         spans = self._held.spans()
         return self._heads[spans[-1][1] - 1] if spans else None
+
+    def index_of(self, seq: int) -> int | None:
+        """The index of the held chunk holding entry ``seq`` (to load it or prove the entry)."""
+        for start, end in self._held.spans():
+            if self._heads[start].first <= seq < self._heads[end - 1].end:
+                low, high = start, end - 1
+                while low < high:  # heads' positions grow with their index
+                    middle = (low + high + 1) // 2
+                    low, high = (
+                        (middle, high) if self._heads[middle].first <= seq else (low, middle - 1)
+                    )
+                return low
+        return None
 
     def linked_prefix(self) -> int:
         """How many chunks from index 0 on are held without a gap (chained to the genesis)."""

@@ -153,6 +153,8 @@ class ReplicationConfig:
     max_serving: int = 64
     max_peer_spans: int = 4096
     max_conflicts: int = 1024
+    max_false_haves: int = 256
+    """Announced chunks the peer may then answer Missing for before it is flagged."""
 
 
 def _malformed(message: str) -> RemoteProtocolError:
@@ -199,6 +201,7 @@ class ReplicationSession:
         self._outgoing: list[wire.Message] = []
         self._next_announce = now + self.config.announce_interval
         self._rotation = 0
+        self._false_haves = 0
         self.closed = False
         for state in feeds:
             self.add_feed(state)
@@ -339,10 +342,20 @@ class ReplicationSession:
         self._schedule(now)
 
     def _on_missing(self, frame: Missing, now: float) -> None:
+        """The peer lacks chunks it announced: forget them until it announces them again.
+
+        An honest peer does this rarely (its store lost a chunk); a peer that keeps doing it
+        is making us ask in vain, so past ``max_false_haves`` it is flagged.
+        """
         known = self._peer_has.get(frame.feed)
         for index in frame.indexes:
             if self._in_flight.pop((frame.feed, index), None) is not None and known is not None:
                 known.discard(index)
+                self._false_haves += 1
+        if self._false_haves > self.config.max_false_haves:
+            raise LimitExceededError(
+                "peer keeps lacking what it announced", code="replication.limit"
+            )
         self._schedule(now)
 
     def _on_conflict(self, frame: Conflict) -> None:

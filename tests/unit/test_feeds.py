@@ -190,6 +190,26 @@ def test_newest_first_then_backfill_links_to_genesis() -> None:
     assert state.accept(chunks[5]).status == "duplicate"
 
 
+def test_index_of_finds_the_chunk_of_any_held_entry() -> None:
+    writer = FeedWriter(WRITER, FEED, max_entries=5)
+    chunks = [
+        c
+        for i in range(40)
+        if (c := writer.append(b"%d" % i) or (writer.seal() if i % 3 == 0 else None))
+    ]
+    state = fresh()
+    for chunk in chunks:
+        if chunk.head.index % 4 != 2:  # leave holes
+            state.accept(chunk)
+    for chunk in chunks:
+        held = chunk.head.index in state.held
+        for seq in range(chunk.head.first, chunk.head.end):
+            assert state.index_of(seq) == (chunk.head.index if held else None)
+            if held:
+                chunk.proof(seq).verify(WRITER.peer_id.key, FEED)
+    assert state.index_of(10_000) is None
+
+
 def test_state_restores_from_heads_and_proofs() -> None:
     chunks = write(12)
     state = fresh()

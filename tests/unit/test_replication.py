@@ -424,6 +424,16 @@ def test_too_many_outstanding_requests_flag_the_peer() -> None:
     assert peer.of(PeerFlagged)[0].error.code == "replication.limit"
 
 
+def test_a_peer_announcing_what_it_lacks_is_flagged() -> None:
+    liar = Peer.holding(write(16))
+    liar.serve = lambda f, i: None  # announces chunks, never has them
+    member = Peer([FeedState(WRITER.peer_id, FEED)], {})
+    member.restart(0.0, ReplicationConfig(max_false_haves=5))
+    net = Net(liar, member)
+    net.run(lambda: member.session.closed, max_steps=2_000)
+    assert member.of(PeerFlagged)[0].error.code == "replication.limit"
+
+
 def test_unknown_feeds_are_ignored_or_answered_missing() -> None:
     stranger = feeds.feed_id(SECOND.peer_id, b"elsewhere")
     peer = Peer.holding(write(16))
