@@ -88,3 +88,9 @@ def test_garbage_is_refused_with_our_errors(data: bytes) -> None:
         envelope.open_envelope(BOB, data)
     with contextlib.suppress(RemoteProtocolError):  # a mailbox check: ours or nothing
         envelope.parse_envelope(data)
+
+
+def test_the_largest_session_message_fits_one_envelope() -> None:
+    from node import session
+
+    assert session.MAX_WIRE_MESSAGE <= envelope.MAX_PAYLOAD
