@@ -151,10 +151,30 @@ class RendezvousClient:
     # ------------------------------------------------------------------ mailbox
 
     async def deposit(self, envelope: bytes) -> p.ReceiptBody:
-        """Store a sealed envelope in its recipient's mailbox; returns the verified receipt."""
-        receipt = await self._ask(p.Deposit(envelope), p.Receipt)
+        """Store one sealed envelope; returns the verified receipt or raises RefusedError."""
+        (outcome,) = await self.deposit_many([envelope])
+        if isinstance(outcome, RefusedError):
+            raise outcome
+        return outcome
+
+    async def deposit_many(self, envelopes: list[bytes]) -> list[p.ReceiptBody | RefusedError]:
+        """Store up to :data:`~rendezvous.protocol.MAX_DEPOSIT_BATCH` envelopes in one request;
+        one verified receipt or refusal per envelope, in order."""
+        reply = await self._ask(p.Deposit(envelopes), p.Deposited)
+        if len(reply.outcomes) != len(envelopes):
+            raise RemoteProtocolError(
+                "wrong number of deposit outcomes", code="rendezvous.bad_receipt"
+            )
+        return [self._outcome(outcome) for outcome in reply.outcomes]
+
+    def _outcome(self, outcome: p.DepositOutcome) -> p.ReceiptBody | RefusedError:
+        if outcome.refusal is not None:
+            refusal = outcome.refusal
+            return RefusedError(refusal.message, code=refusal.code, retry_after=refusal.retry_after)
+        if outcome.receipt is None:
+            raise RemoteProtocolError("empty deposit outcome", code="rendezvous.bad_receipt")
         try:
-            return p.verify_receipt(receipt, self.server.peer_id)
+            return p.verify_receipt(outcome.receipt, self.server.peer_id)
         except CryptoError as exc:
             raise RemoteProtocolError(
                 f"bad receipt from the server: {exc.code}", code="rendezvous.bad_receipt"

@@ -13,7 +13,7 @@ request            reply               meaning
 ``Hello``          ``Welcome``         first request; presents an invite token once
 ``Register``       ``Registered``      publish/refresh our signed PeerRecord
 ``Lookup``         ``LookupResult``    a peer's record + the address the server saw
-``Deposit``        ``Receipt``         store a sealed envelope (idempotent)
+``Deposit``        ``Deposited``       store sealed envelopes (idempotent), one outcome each
 ``ListMailbox``    ``Listing``         ids, sizes, expiries of our envelopes
 ``Fetch``          ``Envelopes``       envelope bytes (oldest first, or by id)
 ``Ack``            ``Acked``           delete envelopes we stored durably
@@ -44,6 +44,7 @@ from node.identity import Identity, PeerId
 __all__ = [
     "INVITE_PREFIX",
     "MAX_BATCH",
+    "MAX_DEPOSIT_BATCH",
     "MAX_ENVELOPE",
     "MAX_FETCH_BYTES",
     "RECEIPT_DOMAIN",
@@ -51,6 +52,8 @@ __all__ = [
     "Acked",
     "DirectoryItem",
     "Deposit",
+    "DepositOutcome",
+    "Deposited",
     "EnvelopeItem",
     "Envelopes",
     "Fetch",
@@ -82,6 +85,9 @@ __all__ = [
 RECEIPT_DOMAIN = "peerline/mailbox-receipt/v1"
 MAX_ENVELOPE = envelope.MAX_ENVELOPE
 MAX_BATCH = 256
+MAX_DEPOSIT_BATCH = 64
+"""Envelopes per Deposit request (the frame size bounds their total bytes too). A request
+costs far more than an envelope in the transport, so a node flushes its outbox in batches."""
 MAX_FETCH_BYTES = 768 << 10
 """A Fetch reply carries at most this many envelope bytes (one envelope always fits)."""
 _ID = wire.Bytes(size=32)
@@ -156,10 +162,12 @@ class LookupResult(wire.Message):
 @wire.frame(0x37)
 @dataclass(frozen=True, slots=True)
 class Deposit(wire.Message):
-    """A sealed envelope (:mod:`node.envelope`): the server reads its mailbox id and expiry
-    from the envelope's header and computes its id from its bytes."""
+    """Sealed envelopes (:mod:`node.envelope`), for any recipients: the server reads each
+    one's mailbox id and expiry from its header and computes its id from its bytes."""
 
-    envelope: Annotated[bytes, wire.Bytes(min=1, max=MAX_ENVELOPE)]
+    envelopes: Annotated[
+        list[bytes], wire.ListOf(wire.Bytes(min=1, max=MAX_ENVELOPE), max_items=MAX_DEPOSIT_BATCH)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +185,24 @@ class Receipt(wire.Message):
 
     body: Annotated[ReceiptBody, wire.Nested(ReceiptBody)]
     signature: Annotated[bytes, wire.Bytes(size=SIGNATURE_SIZE)]
+
+
+@dataclass(frozen=True, slots=True)
+class DepositOutcome(wire.Message):
+    """Exactly one of ``receipt`` (stored) and ``refusal`` (why not) is set."""
+
+    receipt: Annotated[Receipt | None, wire.Maybe(wire.Nested(Receipt))]
+    refusal: Annotated[Refusal | None, wire.Maybe(wire.Nested(Refusal))]
+
+
+@wire.frame(0x44)
+@dataclass(frozen=True, slots=True)
+class Deposited(wire.Message):
+    """One outcome per deposited envelope, in request order."""
+
+    outcomes: Annotated[
+        list[DepositOutcome], wire.ListOf(wire.Nested(DepositOutcome), max_items=MAX_DEPOSIT_BATCH)
+    ]
 
 
 @wire.frame(0x39)

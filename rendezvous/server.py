@@ -320,12 +320,31 @@ class RendezvousService:
     # ------------------------------------------------------------------ mailbox
 
     async def _deposit(self, session: _Session, message: p.Deposit) -> wire.Message:
+        """Decide every envelope, commit the accepted ones together (one group commit), then
+        answer one outcome per envelope: a signed receipt or a refusal."""
+        decisions = [self._decide(session, data) for data in message.envelopes]
+        stored = await asyncio.gather(
+            *(
+                self._persist(d, data)
+                for d, data in zip(decisions, message.envelopes, strict=True)
+                if isinstance(d, Accepted)
+            )
+        )
+        outcomes: list[p.DepositOutcome] = []
+        results = iter(stored)
+        failed = Refused("server.storage", "the server could not store it")
+        for decision in decisions:
+            lost = isinstance(decision, Accepted) and not next(results)
+            outcomes.append(self._outcome(failed if lost else decision))
+        return p.Deposited(outcomes)
+
+    def _decide(self, session: _Session, data: bytes) -> Accepted | Refused:
         try:
-            header = envelope.parse_envelope(message.envelope)
+            header = envelope.parse_envelope(data)
         except PeerlineError as exc:
-            return self._refuse(Refused(exc.code, exc.message))
+            return Refused(exc.code, exc.message)
         now = self.clock()
-        decision = self.book.deposit(
+        return self.book.deposit(
             header.mailbox_id,
             header.envelope_id,
             header.size,
@@ -333,21 +352,22 @@ class RendezvousService:
             sender=session.peer.key,
             now=now,
         )
+
+    def _outcome(self, decision: Accepted | Refused) -> p.DepositOutcome:
         if isinstance(decision, Refused):
-            return self._refuse(decision)
-        if not await self._persist(decision, message.envelope):
-            return self._refuse(Refused("server.storage", "the server could not store it"))
+            return p.DepositOutcome(None, self._refuse(decision))
+        entry = decision.envelope
         if not decision.duplicate:
             self.metrics.deposits.inc()
             self._update_gauges()
-            self._wake(header.mailbox_id)
+            self._wake(entry.mailbox_id)
         body = p.ReceiptBody(
             self.identity.peer_id.key,
-            header.mailbox_id,
-            header.envelope_id,
-            math.floor(decision.envelope.expires_at),
+            entry.mailbox_id,
+            entry.envelope_id,
+            math.floor(entry.expires_at),
         )
-        return p.sign_receipt(self.identity, body)
+        return p.DepositOutcome(p.sign_receipt(self.identity, body), None)
 
     async def _persist(self, decision: Accepted, data: bytes) -> bool:
         """Commit a new envelope (or wait for the write of the same id already under way).

@@ -20,7 +20,14 @@ from node.registry import AccessMode
 from node.transport import Transport
 from rendezvous import admin
 from rendezvous.client import RendezvousClient
-from rendezvous.protocol import Deposit, Refusal, RendezvousAddress, Wake, parse_invite_token
+from rendezvous.protocol import (
+    Deposit,
+    Deposited,
+    Refusal,
+    RendezvousAddress,
+    Wake,
+    parse_invite_token,
+)
 from rendezvous.server import ServeOptions, ServiceConfig, read_address, serve
 
 
@@ -164,8 +171,9 @@ async def test_unexpected_frames_are_refused_and_the_server_keeps_serving(tmp_pa
         # A rendezvous message that is not a request: refused with a reason code.
         reply = await conn.request(Wake(1))
         assert isinstance(reply, Refusal) and reply.code == "request.unexpected"
-        reply = await conn.request(Deposit(b"\x01" * 300))
-        assert isinstance(reply, Refusal) and reply.code.startswith("envelope.")
+        reply = await conn.request(Deposit([b"\x01" * 300]))
+        assert isinstance(reply, Deposited) and reply.outcomes[0].refusal is not None
+        assert reply.outcomes[0].refusal.code.startswith("envelope.")
         # A frame that is illegal on the control stream: that connection is closed with a
         # reason, everyone else is served, and the offender may reconnect.
         with pytest.raises(RemoteProtocolError, match=r"channel\.protocol"):

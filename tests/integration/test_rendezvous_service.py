@@ -95,8 +95,17 @@ def sealed(h: Harness, owner: PeerId, body: bytes, ttl: float = 14 * 86400) -> b
     return envelope.seal(owner, sender, body, expires=int(h.clock.now + ttl), rng=random_bytes)
 
 
+async def deposit_one(h: Harness, conn: FakeConn, data: bytes) -> wire.Message:
+    """The single outcome of a one-envelope Deposit: a Receipt or a Refusal."""
+    reply = await h.ask(conn, p.Deposit([data]))
+    assert isinstance(reply, p.Deposited) and len(reply.outcomes) == 1
+    outcome = reply.outcomes[0]
+    assert (outcome.receipt is None) != (outcome.refusal is None)
+    return outcome.receipt or outcome.refusal  # type: ignore[return-value]
+
+
 async def deposit(h: Harness, conn: FakeConn, owner: PeerId, body: bytes) -> wire.Message:
-    return await h.ask(conn, p.Deposit(sealed(h, owner, body)))
+    return await deposit_one(h, conn, sealed(h, owner, body))
 
 
 async def test_stranger_cannot_list_fetch_or_ack_another_mailbox(harness: Make) -> None:
@@ -152,7 +161,7 @@ async def test_deposit_is_idempotent_with_verifiable_receipts_and_wakes_owner(
     sender = h.connect(bob)
     data = sealed(h, alice.peer_id, b"x" * 100)
     first, again = await asyncio.gather(
-        h.ask(sender, p.Deposit(data)), h.ask(sender, p.Deposit(data))
+        deposit_one(h, sender, (data)), deposit_one(h, sender, (data))
     )
     assert isinstance(first, p.Receipt) and first == again
     body = p.verify_receipt(first, h.service.identity.peer_id)
@@ -172,16 +181,16 @@ async def test_quota_ttl_and_rate_limits_say_why(harness: Make) -> None:
     sender = h.connect(bob)
     codes = []
     for i in range(6):
-        reply = await h.ask(sender, p.Deposit(sealed(h, alice.peer_id, b"m%d" % i, 60)))
+        reply = await deposit_one(h, sender, (sealed(h, alice.peer_id, b"m%d" % i, 60)))
         codes.append("stored" if isinstance(reply, p.Receipt) else refusal_code(reply))
     assert codes == ["stored"] * 3 + ["mailbox.full_count"] * 3
-    too_long = p.Deposit(sealed(h, alice.peer_id, b"y", 10**9))
-    assert refusal_code(await h.ask(sender, too_long)) == "mailbox.bad_ttl"
-    expired = p.Deposit(sealed(h, alice.peer_id, b"y", -1))
-    assert refusal_code(await h.ask(sender, expired)) == "mailbox.expired"
+    too_long = sealed(h, alice.peer_id, b"y", 10**9)
+    assert refusal_code(await deposit_one(h, sender, too_long)) == "mailbox.bad_ttl"
+    expired = sealed(h, alice.peer_id, b"y", -1)
+    assert refusal_code(await deposit_one(h, sender, expired)) == "mailbox.expired"
     other = Identity.generate().peer_id
-    assert isinstance(await h.ask(sender, p.Deposit(sealed(h, other, b"z"))), p.Receipt)
-    rate = await h.ask(sender, p.Deposit(sealed(h, other, b"zz")))  # burst of 4 is spent
+    assert isinstance(await deposit_one(h, sender, (sealed(h, other, b"z"))), p.Receipt)
+    rate = await deposit_one(h, sender, (sealed(h, other, b"zz")))  # burst of 4 is spent
     assert refusal_code(rate) == "mailbox.rate_limited"
     assert isinstance(rate, p.Refusal) and rate.retry_after is not None
     # TTL expiry deletes from disk at the next sweep.
@@ -298,13 +307,28 @@ async def test_malformed_and_unexpected_requests_are_refused_and_others_served(
         p.Refusal("x", "y", None),
         p.Publish("group", b"g" * 32, "   ", "", True, None),
         p.Publish("account", bob.peer_id.key, "Bob", "", True, None),
-        p.Deposit(b"not an envelope"),
-        p.Deposit(b"\x02" + sealed(h, bob.peer_id, b"m")[1:]),  # unknown envelope version
+        p.Deposit([b"not an envelope"]),
+        p.Deposit([b"\x02" + sealed(h, bob.peer_id, b"m")[1:]]),  # unknown envelope version
     ]
     for message in bad:
         reply = await h.ask(evil, message)
+        if isinstance(reply, p.Deposited):
+            reply = reply.outcomes[0].refusal  # type: ignore[assignment]
         assert isinstance(reply, p.Refusal) and reply.code, message
     stored = await deposit(h, good, alice.peer_id, b"still works")
     assert isinstance(stored, p.Receipt)
     stranger = FakeConn(Identity.generate())
     assert refusal_code(await h.ask(stranger, p.Search("", 1))) == "server.not_attached"
+
+
+async def test_batched_deposit_has_one_outcome_per_envelope(harness: Make) -> None:
+    h = await harness()
+    alice, bob = Identity.generate(), Identity.generate()
+    sender = h.connect(bob)
+    good = sealed(h, alice.peer_id, b"one")
+    reply = await h.ask(sender, p.Deposit([good, b"junk", good, sealed(h, bob.peer_id, b"two")]))
+    assert isinstance(reply, p.Deposited)
+    kinds = ["stored" if o.receipt else o.refusal.code for o in reply.outcomes]  # type: ignore[union-attr]
+    assert kinds == ["stored", "envelope.malformed", "stored", "stored"]
+    assert reply.outcomes[0] == reply.outcomes[2]
+    assert await h.service.store.fetch_one("SELECT count(*) FROM envelopes") == (2,)
