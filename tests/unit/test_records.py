@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from node import records, wire
 from node.errors import InvalidRecordError, LocalProtocolError
 from node.identity import Identity
+from node.mdns import pack_txt, unpack_txt
 from node.records import RecordPublisher, discovery_key, select, sign_record, validate
 
 NOW = 1_800_000_000.0
@@ -149,3 +151,35 @@ def test_publisher_restart_seq_stays_above_previous_run() -> None:
     before = RecordPublisher(ALICE).handle_timer(NOW)
     after = RecordPublisher(ALICE).handle_timer(NOW + 0.01)
     assert before is not None and after is not None and after.seq > before.seq
+
+
+@pytest.mark.parametrize("mailboxes", [[], ["m" * 120] * 4])
+def test_txt_packing_round_trips_within_255_byte_entries(mailboxes: list[str]) -> None:
+    record = validate(make(mailboxes=mailboxes), NOW)
+    properties = pack_txt(record, 4433)
+    assert all(len(key) + 1 + len(value) <= 255 for key, value in properties.items())
+    as_received = {key.encode(): value for key, value in properties.items()}
+    claimed, data = unpack_txt(as_received)
+    assert claimed == ALICE.peer_id
+    assert validate(data, NOW, peer_id=claimed) == record
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.pop(b"r0"),
+        lambda p: p.update({b"n": b"99"}),
+        lambda p: p.update({b"n": b"-1"}),
+        lambda p: p.update({b"id": b"pl" + b"a" * 56}),
+        lambda p: p.update({b"id": None}),
+        lambda p: p.update({b"n": b"\xff"}),
+    ],
+)
+def test_damaged_txt_is_refused(damage: Callable[[dict[bytes, bytes | None]], object]) -> None:
+    record = validate(make(mailboxes=["m" * 120] * 4), NOW)
+    properties: dict[bytes, bytes | None] = {
+        key.encode(): value for key, value in pack_txt(record, 1).items()
+    }
+    damage(properties)
+    with pytest.raises(InvalidRecordError):
+        unpack_txt(properties)

@@ -1,0 +1,116 @@
+"""mDNS on loopback only: peers find each other's signed records; spoofs are refused.
+
+The hostile advertisements are built with zeroconf directly (a hostile peer does not use our
+code), always on ``interfaces=["127.0.0.1"]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+from node.identity import Identity
+from node.mdns import SERVICE_TYPE, MdnsDiscovery, pack_txt
+from node.records import sign_record, validate
+
+pytestmark = pytest.mark.integration
+
+LOOPBACK = ["127.0.0.1"]
+
+
+def signed(identity: Identity, port: int, seq: int = 1) -> bytes:
+    return sign_record(
+        identity, seq=seq, expires=int(time.time()) + 600, addresses=[("127.0.0.1", port)]
+    ).encode()
+
+
+async def wait_until(predicate: object, timeout: float = 8.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[AsyncZeroconf]:
+    zc = AsyncZeroconf(interfaces=LOOPBACK)
+    try:
+        yield zc
+    finally:
+        await zc.async_close()
+
+
+async def advertise_raw(zc: AsyncZeroconf, name: str, properties: dict[str, bytes]) -> None:
+    info = AsyncServiceInfo(
+        SERVICE_TYPE,
+        f"{name}.{SERVICE_TYPE}",
+        port=4999,
+        properties=properties,
+        server="evil.local.",
+        parsed_addresses=["127.0.0.1"],
+    )
+    await (await zc.async_register_service(info))
+
+
+async def test_two_nodes_find_each_other_and_updates_win() -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+
+    async with (
+        MdnsDiscovery(interfaces=LOOPBACK) as a,
+        MdnsDiscovery(interfaces=LOOPBACK) as b,
+    ):
+        started = time.monotonic()
+        await asyncio.gather(
+            a.advertise(validate(signed(alice, 4001), time.time()), 4001),
+            b.advertise(validate(signed(bob, 4002), time.time()), 4002),
+        )
+        await wait_until(lambda: a.peers() and b.peers())
+        assert [r.peer_id for r in a.peers()] == [bob.peer_id]
+        assert [r.peer_id for r in b.peers()] == [alice.peer_id]
+        assert time.monotonic() - started < 8
+        # A newer record (new address) replaces the cached one.
+        await b.advertise(validate(signed(bob, 4012, seq=2), time.time()), 4012)
+        await wait_until(lambda: a.peers()[0].seq == 2)
+        assert (await a.lookup(bob.peer_id))[0].addresses == [("127.0.0.1", 4012)]
+
+
+async def test_spoofed_advertisements_are_refused(hostile: AsyncZeroconf) -> None:
+    alice, bob, mallory = Identity.generate(), Identity.generate(), Identity.generate()
+
+    async with (
+        MdnsDiscovery(interfaces=LOOPBACK) as observer,
+        MdnsDiscovery(interfaces=LOOPBACK) as real,
+    ):
+        await observer.advertise(validate(signed(alice, 4001), time.time()), 4001)
+        genuine = validate(signed(bob, 4002), time.time())
+        await real.advertise(genuine, 4002)
+        forged_txt = pack_txt(validate(signed(mallory, 4999), time.time()), 4999)
+        forged_txt["id"] = bob.peer_id.text().encode()
+        garbage_txt = {"id": b"nonsense", "n": b"99", "r0": b"\xc1"}
+        wrong_name = pack_txt(genuine, 4002)
+        await asyncio.gather(
+            # Mallory's record with Bob's id, under Bob-ish names: refused.
+            advertise_raw(hostile, "evil-one", forged_txt),
+            advertise_raw(hostile, mallory.peer_id.text(), wrong_name),
+            advertise_raw(hostile, "evil-three", garbage_txt),
+        )
+        await wait_until(lambda: sum(observer.refused.values()) >= 3 and observer.peers())
+        await wait_until(lambda: {r.peer_id for r in observer.peers()} == {bob.peer_id})
+        assert observer.refused["record.wrong_peer"] >= 2
+        assert observer.refused["record.malformed"] >= 1
+        assert await observer.lookup(bob.peer_id) == [genuine]
+        assert await observer.lookup(mallory.peer_id) == []
+
+
+async def test_lookup_by_direct_query_for_a_peer_not_yet_browsed() -> None:
+    bob = Identity.generate()
+
+    record = validate(signed(bob, 4002), time.time())
+    async with MdnsDiscovery(interfaces=LOOPBACK) as real:
+        await real.advertise(record, 4002)
+        async with MdnsDiscovery(interfaces=LOOPBACK) as late:
+            assert await late.lookup(bob.peer_id) == [record]
