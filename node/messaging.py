@@ -454,22 +454,29 @@ T = TypeVar("T")
 class ReceiveOrder(Generic[T]):
     """Release a conversation's incoming messages in the sender's order (pure, sans-I/O).
 
-    ``next_seq`` is the next sequence number to show. ``receive(seq, item, now)`` returns
-    ``(is_new, released)``: a ``seq`` below ``next_seq`` or already held is a duplicate;
-    ``next_seq`` releases itself and every held successor. A message behind a gap is held
-    (``held`` is what the node persists) until the gap fills, or ``gap_timeout`` after the
-    oldest held arrival (the missing one may have expired at the sender), or when more than
-    ``max_held`` wait: then the gap is skipped. Both states and the memory are bounded.
+    The caller de-duplicates by message id first; this machine only orders. ``next_seq`` is
+    the next sequence number to show (``None``: nothing received yet, so the first arrival
+    sets it, which also copes with a sender or receiver that deleted the conversation).
+    ``receive(seq, item, now)`` returns ``(is_new, released)``: a ``seq`` already held is a
+    duplicate; ``next_seq`` releases itself and every held successor; a ``seq`` below
+    ``next_seq`` (a straggler after a skipped gap) is released at once. A message behind a
+    gap is held (``held`` is what the node persists) until the gap fills, or ``gap_timeout``
+    after the oldest held arrival (the missing one may have expired at the sender), or when
+    more than ``max_held`` wait: then the gap is skipped. State and memory are bounded.
     """
 
-    next_seq: int = 1
+    next_seq: int | None = None
     gap_timeout: float = 60.0
     max_held: int = 4096
     held: dict[int, tuple[float, T]] = field(default_factory=dict)
 
     def receive(self, seq: int, item: T, now: float) -> tuple[bool, list[tuple[int, T]]]:
-        if seq < self.next_seq or seq in self.held:
+        if seq in self.held:
             return False, []
+        if self.next_seq is None:
+            self.next_seq = seq
+        if seq < self.next_seq:
+            return True, [(seq, item)]
         self.held[seq] = (now, item)
         released = self._release_run()
         if len(self.held) > self.max_held:
@@ -478,7 +485,7 @@ class ReceiveOrder(Generic[T]):
 
     def _release_run(self) -> list[tuple[int, T]]:
         released: list[tuple[int, T]] = []
-        while self.next_seq in self.held:
+        while self.next_seq is not None and self.next_seq in self.held:
             released.append((self.next_seq, self.held.pop(self.next_seq)[1]))
             self.next_seq += 1
         return released

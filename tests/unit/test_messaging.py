@@ -212,21 +212,27 @@ def test_refusal_fails_with_reason_and_reachability_retries_now() -> None:
 
 
 def test_receive_order_holds_gaps_and_drops_duplicates() -> None:
-    order: ReceiveOrder[str] = ReceiveOrder(gap_timeout=10.0)
+    order: ReceiveOrder[str] = ReceiveOrder(next_seq=1, gap_timeout=10.0)
     assert order.receive(2, "b", 0.0) == (True, [])
     assert order.receive(2, "b", 0.1) == (False, [])
     assert order.receive(1, "a", 0.2) == (True, [(1, "a"), (2, "b")])
-    assert order.receive(1, "a", 0.3) == (False, [])
     assert order.receive(4, "d", 1.0) == (True, [])
     assert order.get_timer() == 11.0
     assert order.handle_timer(10.9) == []
     assert order.handle_timer(11.0) == [(4, "d")]
-    assert order.receive(3, "c", 12.0) == (False, [])  # skipped for good
+    assert order.receive(3, "c", 12.0) == (True, [(3, "c")])  # a straggler: shown at once
     assert order.next_seq == 5
 
 
+def test_first_arrival_starts_the_order() -> None:
+    order: ReceiveOrder[str] = ReceiveOrder()
+    assert order.receive(41, "x", 0.0) == (True, [(41, "x")])
+    assert order.receive(43, "z", 0.0) == (True, [])
+    assert order.receive(42, "y", 0.0) == (True, [(42, "y"), (43, "z")])
+
+
 def test_receive_order_bounds_what_it_holds() -> None:
-    order: ReceiveOrder[int] = ReceiveOrder(max_held=3)
+    order: ReceiveOrder[int] = ReceiveOrder(next_seq=1, max_held=3)
     for seq in range(3, 6):
         assert order.receive(seq, seq, 0.0) == (True, [])
     assert order.receive(6, 6, 0.0) == (True, [(s, s) for s in range(3, 7)])
@@ -262,7 +268,7 @@ def test_pair_over_lossy_links_delivers_exactly_once_in_order(seed: int) -> None
     r = seeded_rng(seed)
     outbox = Outbox(rng_of(r), RetryPolicy(Backoff(initial=0.2, maximum=2.0), ack_timeout=1.0))
     forward, back = Link(r, loss=0.3), Link(r, loss=0.3)
-    order: ReceiveOrder[bytes] = ReceiveOrder(gap_timeout=1e9)
+    order: ReceiveOrder[bytes] = ReceiveOrder(next_seq=1, gap_timeout=1e9)
     seqs: dict[bytes, int] = {}
     seen: set[bytes] = set()
     shown: list[int] = []
