@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from node import wire
 from node.channel import FIRST_APPLICATION_TYPE, BulkData, Credit, ReceiveCredit, SendCredit
@@ -23,15 +23,28 @@ from node.config import TransportConfig
 from node.errors import ConnectionClosedError, OperationTimeoutError, PeerlineError
 from node.errors import RemoteProtocolError as _Remote
 
-if TYPE_CHECKING:
-    from node.connection import Link
-
-__all__ = ["CHUNK", "BulkStream"]
+__all__ = ["CHUNK", "BulkStream", "Link"]
 
 CHUNK = 32 * 1024
 """Largest :class:`BulkData` payload a writer sends (fits the initial credit)."""
 
 HeaderCallback = Callable[[wire.Message, "BulkStream"], None]
+
+
+class Link(Protocol):
+    """What a connection needs from the QUIC adapter."""
+
+    def now(self) -> float: ...
+
+    def send(self, stream_id: int, data: bytes, end: bool = False) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def open_bidi_stream(self) -> int: ...
+
+    def reset(self, stream_id: int, code: int) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
 
 
 class BulkStream:

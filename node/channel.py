@@ -27,7 +27,14 @@ from enum import IntEnum
 from typing import Annotated, NamedTuple
 
 from node import wire
-from node.errors import LimitExceededError, RemoteProtocolError
+from node.errors import (
+    AuthenticationError,
+    ConnectionClosedError,
+    LimitExceededError,
+    OperationTimeoutError,
+    PeerlineError,
+    RemoteProtocolError,
+)
 
 __all__ = [
     "INITIAL_CREDIT",
@@ -35,6 +42,7 @@ __all__ = [
     "FIRST_APPLICATION_TYPE",
     "BulkData",
     "CloseCode",
+    "CloseInfo",
     "Credit",
     "Failure",
     "Goodbye",
@@ -54,6 +62,7 @@ __all__ = [
 INITIAL_CREDIT = 64 * 1024
 MAX_REQUEST_ID = 2**32 - 1
 _MAX_OFFSET = 2**62
+_TLS_ALERTS = range(0x100, 0x200)  # QUIC CRYPTO_ERROR codes: TLS alert 0x00..0xff
 
 
 @wire.frame(0x04)
@@ -145,6 +154,33 @@ class CloseCode(IntEnum):
     LIMIT = 5
     TIMEOUT = 6
     INTERNAL = 7
+
+
+@dataclass(frozen=True, slots=True)
+class CloseInfo:
+    """Why a connection ended. ``reason`` starts with a dotted error code when we know one."""
+
+    code: int
+    reason: str
+    by_peer: bool
+    transport_error: bool = False
+
+    def error(self) -> PeerlineError:
+        """The error that operations pending on this connection raise."""
+        if self.transport_error and self.code in _TLS_ALERTS:
+            return AuthenticationError(f"TLS handshake failed: {self.reason}", code="auth.tls")
+        code, _, _ = self.reason.partition(":")
+        message = f"connection closed: {self.reason or 'no reason'}"
+        family = code.split(".", 1)[0] if "." in code and " " not in code else ""
+        if self.code == CloseCode.TIMEOUT and not self.transport_error:
+            return OperationTimeoutError(message, code=code or "timeout")
+        if family == "auth":
+            return AuthenticationError(message, code=code)
+        if family == "limit":
+            return LimitExceededError(message, code=code)
+        if family in ("wire", "channel"):
+            return RemoteProtocolError(message, code=code)
+        return ConnectionClosedError(message)
 
 
 def _violation(text: str) -> RemoteProtocolError:

@@ -24,15 +24,15 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from node import wire
 from node.auth import Authenticated, DialerAuth, ListenerAuth
-from node.bulk import BulkStream
+from node.bulk import BulkStream, Link
 from node.channel import (
     INITIAL_CREDIT,
     CloseCode,
+    CloseInfo,
     Credit,
     Failure,
     Goodbye,
@@ -51,7 +51,6 @@ from node.config import TransportConfig
 from node.crypto import Rng
 from node.errors import (
     AuthenticationError,
-    ConnectionClosedError,
     LimitExceededError,
     LocalProtocolError,
     OperationTimeoutError,
@@ -61,7 +60,7 @@ from node.errors import (
 )
 from node.identity import Identity, PeerId
 
-__all__ = ["BulkHandler", "CloseInfo", "Connection", "Handler", "Link", "Observer"]
+__all__ = ["BulkHandler", "Connection", "Handler", "Observer"]
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +72,6 @@ BulkHandler = Callable[["Connection", wire.Message, BulkStream], Awaitable[None]
 
 _DIALER_CONTROL, _LISTENER_CONTROL = 2, 3  # client / server unidirectional stream ids
 _REPLY_OFFSET = 4
-_TLS_ALERTS = range(0x100, 0x200)
-
-
-class Link(Protocol):
-    """What a connection needs from the QUIC adapter."""
-
-    def now(self) -> float: ...
-
-    def send(self, stream_id: int, data: bytes, end: bool = False) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def open_bidi_stream(self) -> int: ...
-
-    def reset(self, stream_id: int, code: int) -> None: ...
-
-    def close(self, code: int, reason: str) -> None: ...
 
 
 class Observer(Protocol):
@@ -98,33 +80,6 @@ class Observer(Protocol):
     def authenticated(self, conn: Connection) -> None: ...
 
     def closed(self, conn: Connection) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class CloseInfo:
-    """Why a connection ended. ``reason`` starts with a dotted error code when we know one."""
-
-    code: int
-    reason: str
-    by_peer: bool
-    transport_error: bool = False
-
-    def error(self) -> PeerlineError:
-        """The error that operations pending on this connection raise."""
-        if self.transport_error and self.code in _TLS_ALERTS:
-            return AuthenticationError(f"TLS handshake failed: {self.reason}", code="auth.tls")
-        code, _, _ = self.reason.partition(":")
-        message = f"connection closed: {self.reason or 'no reason'}"
-        family = code.split(".", 1)[0] if "." in code and " " not in code else ""
-        if self.code == CloseCode.TIMEOUT and not self.transport_error:
-            return OperationTimeoutError(message, code=code or "timeout")
-        if family == "auth":
-            return AuthenticationError(message, code=code)
-        if family == "limit":
-            return LimitExceededError(message, code=code)
-        if family in ("wire", "channel"):
-            return RemoteProtocolError(message, code=code)
-        return ConnectionClosedError(message)
 
 
 def _reason(error: PeerlineError) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import ipaddress
 import logging
 import socket
@@ -45,16 +44,13 @@ from aioquic.quic.packet import (
 )
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.retry import QuicRetryTokenHandler
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.x509.oid import NameOID
 
 from node.backoff import Backoff, TokenBuckets
 from node.bulk import BulkStream
-from node.channel import CloseCode
+from node.certificate import certificate_key, self_signed_certificate
+from node.channel import CloseCode, CloseInfo
 from node.config import TransportConfig
-from node.connection import BulkHandler, CloseInfo, Connection, Handler
+from node.connection import BulkHandler, Connection, Handler
 from node.crypto import Rng, random_bytes
 from node.errors import (
     AuthenticationError,
@@ -64,6 +60,7 @@ from node.errors import (
     PeerlineError,
 )
 from node.identity import Identity, PeerId
+from node.peers import PeerTable
 
 __all__ = [
     "ALPN",
@@ -81,36 +78,13 @@ Address = tuple[str, int]
 _CID_LENGTH = 8
 
 
-def _certificate(identity: Identity) -> tuple[x509.Certificate, ed25519.Ed25519PrivateKey]:
-    """A self-signed certificate for the identity key (validity is not checked by peers)."""
-    key = ed25519.Ed25519PrivateKey.from_private_bytes(identity.signing_key.seed())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.peer_id.text())])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(int.from_bytes(identity.peer_id.key[:16], "big") >> 1 or 1)
-        .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
-        .not_valid_after(datetime.datetime(9999, 12, 31, tzinfo=datetime.UTC))
-        .sign(key, algorithm=None)
-    )
-    return certificate, key
-
-
 def peer_certificate_key(quic: QuicConnection) -> bytes | None:
     """The raw Ed25519 key of the peer's TLS certificate, or ``None``.
 
     The single use of aioquic private API (``tls._peer_certificate``, no public accessor in
     1.7.2). TLS has already checked CertificateVerify with this key, so the peer holds it.
     """
-    certificate = getattr(getattr(quic, "tls", None), "_peer_certificate", None)
-    if not isinstance(certificate, x509.Certificate):
-        return None
-    key = certificate.public_key()
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        return None
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return certificate_key(getattr(getattr(quic, "tls", None), "_peer_certificate", None))
 
 
 def _refusal(version: int, source_cid: bytes, destination_cid: bytes, reason: str) -> bytes:
@@ -342,18 +316,16 @@ class Transport:
         )
         self._handler: Handler | None = None
         self._bulk_handler: BulkHandler | None = None
-        self._callbacks: list[Callable[[Connection], None]] = []
         self._cids: dict[bytes, _Link] = {}
         self._links: set[_Link] = set()
         self._per_ip: dict[str, int] = {}
-        self._by_peer: dict[PeerId, Connection] = {}
-        self._peer_waiters: dict[PeerId, list[asyncio.Future[None]]] = {}
+        self._peers = PeerTable(identity.peer_id)
         self._dials: dict[PeerId, asyncio.Task[Connection]] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._ipv6 = False
         self._closing = False
         self._retry = QuicRetryTokenHandler()
-        certificate, key = _certificate(identity)
+        certificate, key = self_signed_certificate(identity)
         self._server_config = self._quic_config(is_client=False)
         self._server_config.certificate = certificate
         self._server_config.private_key = key
@@ -431,16 +403,16 @@ class Transport:
 
     def on_connection(self, callback: Callable[[Connection], None]) -> None:
         """Call ``callback(conn)`` (synchronously) for each newly authenticated connection."""
-        self._callbacks.append(callback)
+        self._peers.on_connection(callback)
 
     def connection(self, peer: PeerId) -> Connection | None:
         """The open connection to ``peer``, if any."""
-        conn = self._by_peer.get(peer)
-        return conn if conn is not None and conn.is_open else None
+        return self._peers.get(peer)
 
     @property
     def connections(self) -> list[Connection]:
-        return [c for c in self._by_peer.values() if c.is_open]
+        """Every open authenticated connection."""
+        return self._peers.open_connections()
 
     async def dial(self, peer: PeerId, addresses: Sequence[Address]) -> Connection:
         """An authenticated connection to ``peer`` (the existing one if open).
@@ -497,22 +469,15 @@ class Transport:
             await asyncio.shield(conn.ready)
         except PeerlineError:
             info = conn.closed.result() if conn.closed.done() else None
-            if info is not None and info.code == CloseCode.DUPLICATE and not info.transport_error:
-                return await self._wait_for_peer(peer)
-            raise
-        return self._by_peer.get(peer, conn)
-
-    async def _wait_for_peer(self, peer: PeerId) -> Connection:
-        """After losing a simultaneous-dial race: the winning connection, once authenticated."""
-        if self.connection(peer) is None:
-            waiter: asyncio.Future[None] = self.loop.create_future()
-            self._peer_waiters.setdefault(peer, []).append(waiter)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, self.config.handshake_timeout)
-        conn = self.connection(peer)
-        if conn is None:
-            raise DialError(f"lost the connection race to {peer.short()}", code="dial.failed")
-        return conn
+            if info is None or info.code != CloseCode.DUPLICATE or info.transport_error:
+                raise
+            winner = await self._peers.wait_for(peer, self.config.handshake_timeout)
+            if winner is None:
+                raise DialError(
+                    f"lost the dial race to {peer.short()}", code="dial.failed"
+                ) from None
+            return winner
+        return self._peers.get(peer) or conn
 
     # ------------------------------------------------------------------ links and limits
 
@@ -678,37 +643,10 @@ class Transport:
     # ------------------------------------------------------------------ Observer
 
     def authenticated(self, conn: Connection) -> None:
-        peer = conn.peer_id
-        assert peer is not None
         if self._closing:
             conn.abort(CloseCode.SHUTDOWN, "transport.shutdown: node shutting down")
-            return
-        existing = self.connection(peer)
-        if existing is not None and existing is not conn:
-            loser = existing if self._keeps(conn, existing) else conn
-            loser.abort(CloseCode.DUPLICATE, "transport.duplicate: one connection per peer")
-            if loser is conn:
-                return
-        self._by_peer[peer] = conn
-        conn.ready.set_result(None)
-        for waiter in self._peer_waiters.pop(peer, []):
-            if not waiter.done():
-                waiter.set_result(None)
-        for callback in self._callbacks:
-            try:
-                callback(conn)
-            except Exception:
-                log.exception("on_connection callback failed")
-
-    def _keeps(self, new: Connection, old: Connection) -> bool:
-        """Whether ``new`` wins against ``old`` (both to the same peer)."""
-        new_dialer = self.peer_id if new.is_dialer else new.peer_id
-        old_dialer = self.peer_id if old.is_dialer else old.peer_id
-        if new_dialer == old_dialer:
-            return True  # same side dialed twice (e.g. the peer restarted): the newer wins
-        assert new_dialer is not None and old_dialer is not None
-        return new_dialer.key < old_dialer.key
+        else:
+            self._peers.add(conn)
 
     def closed(self, conn: Connection) -> None:
-        if conn.peer_id is not None and self._by_peer.get(conn.peer_id) is conn:
-            del self._by_peer[conn.peer_id]
+        self._peers.remove(conn)

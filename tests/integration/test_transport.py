@@ -14,6 +14,7 @@ from node import transport as transport_module
 from node import wire
 from node.auth import AuthProof, DialerAuth
 from node.bulk import BulkStream
+from node.certificate import self_signed_certificate
 from node.channel import CloseCode
 from node.config import TransportConfig
 from node.connection import Connection
@@ -281,10 +282,10 @@ async def test_certificate_without_its_private_key_fails_the_tls_handshake(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     victim, mallory = Identity.generate(), Identity.generate()
-    stolen_certificate, _ = transport_module._certificate(victim)
-    _, mallory_key = transport_module._certificate(mallory)
+    stolen_certificate, _ = self_signed_certificate(victim)
+    _, mallory_key = self_signed_certificate(mallory)
     monkeypatch.setattr(
-        transport_module, "_certificate", lambda _: (stolen_certificate, mallory_key)
+        transport_module, "self_signed_certificate", lambda _: (stolen_certificate, mallory_key)
     )
     spy = Spy()
     async with running(identity=mallory) as impostor:
