@@ -61,6 +61,7 @@ __all__ = [
     "ReplicationConfig",
     "ReplicationEvent",
     "ReplicationSession",
+    "RequestBoard",
     "Want",
 ]
 
@@ -174,6 +175,33 @@ def _spans(bounds: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
+class RequestBoard:
+    """Which session of a node is fetching which chunk, so sessions never ask twice.
+
+    One board per node, shared by its sessions: a chunk requested from one peer is not
+    requested from another until that request is answered, withdrawn or its session closes.
+    Without a board each session fetches alone (fine with one peer, wasteful with several).
+    """
+
+    def __init__(self) -> None:
+        self._owners: dict[tuple[bytes, int], object] = {}
+
+    def taken(self, key: tuple[bytes, int], owner: object) -> bool:
+        """Whether another owner is fetching ``key``."""
+        holder = self._owners.get(key)
+        return holder is not None and holder is not owner
+
+    def claim(self, key: tuple[bytes, int], owner: object) -> None:
+        self._owners[key] = owner
+
+    def release(self, key: tuple[bytes, int], owner: object) -> None:
+        if self._owners.get(key) is owner:
+            del self._owners[key]
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+
 class ReplicationSession:
     """Replicates a set of feeds with one peer. Methods follow aioquic's shape.
 
@@ -188,8 +216,11 @@ class ReplicationSession:
         feeds: Iterable[FeedState],
         now: float,
         config: ReplicationConfig | None = None,
+        board: RequestBoard | None = None,
     ) -> None:
+        """``board`` is shared by all sessions of one node (see :class:`RequestBoard`)."""
         self.config = config or ReplicationConfig()
+        self._board = board if board is not None else RequestBoard()
         self._feeds: dict[bytes, FeedState] = {}
         self._peer_has: dict[bytes, RangeSet] = {}
         self._in_flight: dict[tuple[bytes, int], float] = {}
@@ -240,6 +271,15 @@ class ReplicationSession:
         if not self.closed and proof.first.feed in self._feeds:
             self._outgoing.append(Conflict(proof))
 
+    def close(self) -> None:
+        """The connection is gone: release this session's requests so others may take them."""
+        self.closed = True
+        for key in self._in_flight:
+            self._board.release(key, self)
+        self._in_flight.clear()
+        self._serving.clear()
+        self._outgoing.clear()
+
     def next_event(self) -> ReplicationEvent | None:
         return self._events.popleft() if self._events else None
 
@@ -265,7 +305,7 @@ class ReplicationSession:
             return
         for key, deadline in list(self._in_flight.items()):
             if deadline <= now:
-                del self._in_flight[key]
+                self._settle(key)
                 self._peer_has[key[0]].discard(key[1])
         if now >= self._next_announce:
             self._dirty.update(dict.fromkeys(self._feeds))
@@ -333,7 +373,7 @@ class ReplicationSession:
         state = self._feeds.get(head.feed)
         if state is None:
             return  # a push for a feed we do not replicate with this peer
-        self._in_flight.pop((head.feed, head.index), None)
+        self._settle((head.feed, head.index))
         outcome = state.accept(frame.chunk)  # FeedError flags the sender
         if outcome.status == "stored":
             self._events.append(ChunkStored(head.feed, frame.chunk))
@@ -349,7 +389,7 @@ class ReplicationSession:
         """
         known = self._peer_has.get(frame.feed)
         for index in frame.indexes:
-            if self._in_flight.pop((frame.feed, index), None) is not None and known is not None:
+            if self._settle((frame.feed, index)) and known is not None:
                 known.discard(index)
                 self._false_haves += 1
         if self._false_haves > self.config.max_false_haves:
@@ -375,11 +415,15 @@ class ReplicationSession:
             self._conflicted.add((feed, index))
 
     def _flag(self, error: RemoteProtocolError) -> None:
-        self.closed = True
-        self._in_flight.clear()
-        self._serving.clear()
-        self._outgoing.clear()
+        self.close()
         self._events.append(PeerFlagged(error))
+
+    def _settle(self, key: tuple[bytes, int]) -> bool:
+        """Forget a request (answered or withdrawn); ``True`` if it was outstanding."""
+        if self._in_flight.pop(key, None) is None:
+            return False
+        self._board.release(key, self)
+        return True
 
     def _haves(self, feed: bytes) -> list[Have]:
         spans = self._feeds[feed].held.spans()
@@ -392,7 +436,8 @@ class ReplicationSession:
         if known is None:
             return
         for index in known.missing_from(self._feeds[feed].held):
-            if (feed, index) not in self._in_flight:
+            key = (feed, index)
+            if key not in self._in_flight and not self._board.taken(key, self):
                 yield index
 
     def _schedule(self, now: float) -> None:
@@ -414,6 +459,7 @@ class ReplicationSession:
                     continue
                 picked.setdefault(feed, []).append(index)
                 self._in_flight[(feed, index)] = now + self.config.request_timeout
+                self._board.claim((feed, index), self)
                 free -= 1
         for feed, indexes in picked.items():
             for i in range(0, len(indexes), MAX_WANT):
@@ -421,9 +467,8 @@ class ReplicationSession:
         self._report_synced(order)
 
     def _report_synced(self, feeds: list[bytes]) -> None:
-        busy = {feed for feed, _ in self._in_flight}
         for feed in feeds:
-            done = feed not in busy and next(self._wanted(feed), None) is None
+            done = next(self._peer_has[feed].missing_from(self._feeds[feed].held), None) is None
             if done and feed not in self._synced:
                 self._synced.add(feed)
                 self._events.append(FeedSynced(feed))

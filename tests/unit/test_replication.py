@@ -11,6 +11,7 @@ import dataclasses
 import heapq
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import pytest
@@ -33,6 +34,7 @@ from node.replication import (
     ReplicationConfig,
     ReplicationEvent,
     ReplicationSession,
+    RequestBoard,
     Want,
 )
 
@@ -53,14 +55,26 @@ def write(
 
 
 class Peer:
-    """A session with a store; answers ChunkNeeded from the store, persists ChunkStored."""
+    """A node: sessions (one per connected peer, sharing a request board), states and a store.
 
-    def __init__(self, states: list[FeedState], store: dict[tuple[bytes, int], Chunk]) -> None:
+    ``pump`` plays the I/O shell: it answers ChunkNeeded from the store, persists ChunkStored
+    and announces it on the other sessions, and passes proofs on.
+    """
+
+    def __init__(
+        self,
+        states: list[FeedState],
+        store: dict[tuple[bytes, int], Chunk],
+        peers: tuple[str, ...] = ("peer",),
+    ) -> None:
         self.states = {s.feed: s for s in states}
         self.store = store
         self.events: list[ReplicationEvent] = []
-        self.session = ReplicationSession(states, 0.0)
+        self.board = RequestBoard()
+        self.sessions: dict[str, ReplicationSession] = {}
         self.serve: Callable[[bytes, int], Chunk | None] = lambda f, i: self.store.get((f, i))
+        for name in peers:
+            self.connect(name, 0.0)
 
     @classmethod
     def holding(cls, chunks: list[Chunk], *, writer: Identity = WRITER) -> Peer:
@@ -72,21 +86,43 @@ class Peer:
             store[(feed, chunk.head.index)] = chunk
         return cls([state], store)
 
+    @property
+    def session(self) -> ReplicationSession:
+        """The session of a node with one connection."""
+        (only,) = self.sessions.values()
+        return only
+
+    def connect(self, name: str, now: float, config: ReplicationConfig | None = None) -> None:
+        """A (new) connection to ``name``: a fresh session over the same states and store."""
+        if name in self.sessions:
+            self.sessions[name].close()
+        self.sessions[name] = ReplicationSession(self.states.values(), now, config, self.board)
+
     def restart(self, now: float, config: ReplicationConfig | None = None) -> None:
-        """A new connection: a fresh session over the same states and store."""
-        self.session = ReplicationSession(self.states.values(), now, config)
+        for name in list(self.sessions):
+            self.connect(name, now, config)
 
     def pump(self) -> None:
-        while (event := self.session.next_event()) is not None:
-            self.events.append(event)
-            if isinstance(event, ChunkNeeded):
-                chunk = self.serve(event.feed, event.index)
-                if chunk is None:
-                    self.session.send_missing(event.feed, event.index)
-                else:
-                    self.session.send_chunk(chunk)
-            elif isinstance(event, ChunkStored):
-                self.store[(event.feed, event.chunk.head.index)] = event.chunk
+        for session in self.sessions.values():
+            while (event := session.next_event()) is not None:
+                self.events.append(event)
+                self._handle(session, event)
+
+    def _handle(self, session: ReplicationSession, event: ReplicationEvent) -> None:
+        others = [s for s in self.sessions.values() if s is not session]
+        if isinstance(event, ChunkNeeded):
+            chunk = self.serve(event.feed, event.index)
+            if chunk is None:
+                session.send_missing(event.feed, event.index)
+            else:
+                session.send_chunk(chunk)
+        elif isinstance(event, ChunkStored):
+            self.store[(event.feed, event.chunk.head.index)] = event.chunk
+            for other in others:
+                other.announce(event.feed)
+        elif isinstance(event, EquivocationDetected):
+            for other in others:
+                other.share_proof(event.proof)
 
     def of(self, kind: type[E]) -> list[E]:
         return [e for e in self.events if isinstance(e, kind)]
@@ -121,14 +157,29 @@ class Link:
         return self.queue[0][0] if self.queue else None
 
 
-class Net:
-    """Two peers and two links; ``run`` steps simulated time until ``done`` or a bound."""
+@dataclass
+class Channel:
+    """One direction of one connection: ``source``'s session for ``target`` sends over ``link``."""
 
-    def __init__(self, a: Peer, b: Peer, seed: int = 0, **impair: float) -> None:
-        rng = random.Random(seed)
-        params = {"drop": 0.0, "dup": 0.0, "jitter": 0.0} | impair
-        self.a, self.b = a, b
-        self.ab, self.ba = Link(rng, **params), Link(rng, **params)
+    source: Peer
+    target: Peer
+    source_name: str
+    target_name: str
+    link: Link
+
+    def sender(self) -> ReplicationSession:
+        return self.source.sessions[self.target_name]
+
+    def receiver(self) -> ReplicationSession:
+        return self.target.sessions[self.source_name]
+
+
+class Sim:
+    """Peers joined by channels; ``run`` steps simulated time until ``done`` or a bound."""
+
+    def __init__(self, channels: list[Channel]) -> None:
+        self.channels = channels
+        self.peers = list({id(p): p for c in channels for p in (c.source, c.target)}.values())
         self.now = 0.0
         self.max_in_flight_seen = 0
 
@@ -137,28 +188,46 @@ class Net:
             self._flush()
             if done():
                 return step
-            times = [t for t in (self.ab.next_time(), self.ba.next_time()) if t is not None]
-            timers = [t for t in (self.a.session.get_timer(), self.b.session.get_timer()) if t]
-            if not times and not timers:
+            times = [t for c in self.channels if (t := c.link.next_time()) is not None]
+            if not times and not self._timers():
                 return step
-            self.now = max(self.now, min(times + timers))
-            for peer, link in ((self.b, self.ab), (self.a, self.ba)):
-                for frame in link.due(self.now):
-                    peer.session.receive_frame(frame, self.now)
-                    peer.pump()
-            for peer in (self.a, self.b):
-                timer = peer.session.get_timer()
-                if timer is not None and timer <= self.now:
-                    peer.session.handle_timer(self.now)
-                    peer.pump()
+            self.now = max(self.now, min(times + self._timers()))
+            for channel in self.channels:
+                for frame in channel.link.due(self.now):
+                    channel.receiver().receive_frame(frame, self.now)
+                    channel.target.pump()
+            for peer in self.peers:
+                for session in peer.sessions.values():
+                    timer = session.get_timer()
+                    if timer is not None and timer <= self.now:
+                        session.handle_timer(self.now)
+                peer.pump()
         raise AssertionError(f"no convergence in {max_steps} steps")
 
+    def _timers(self) -> list[float]:
+        sessions = [s for p in self.peers for s in p.sessions.values()]
+        return [t for s in sessions if (t := s.get_timer()) is not None]
+
     def _flush(self) -> None:
-        for peer, link in ((self.a, self.ab), (self.b, self.ba)):
-            peer.pump()
-            for frame in peer.session.frames_to_send():
-                link.send(frame, self.now)
-            self.max_in_flight_seen = max(self.max_in_flight_seen, peer.session.in_flight)
+        for channel in self.channels:
+            channel.source.pump()
+            sender = channel.sender()
+            for frame in sender.frames_to_send():
+                channel.link.send(frame, self.now)
+            self.max_in_flight_seen = max(self.max_in_flight_seen, sender.in_flight)
+
+
+class Net(Sim):
+    """Two peers with one connection (their sessions named ``"peer"``)."""
+
+    def __init__(self, a: Peer, b: Peer, seed: int = 0, **impair: float) -> None:
+        rng = random.Random(seed)
+        params = {"drop": 0.0, "dup": 0.0, "jitter": 0.0} | impair
+        self.a, self.b = a, b
+        self.ab, self.ba = Link(rng, **params), Link(rng, **params)
+        super().__init__(
+            [Channel(a, b, "peer", "peer", self.ab), Channel(b, a, "peer", "peer", self.ba)]
+        )
 
 
 def holds_all(peer: Peer, feed: bytes, chunks: list[Chunk]) -> Callable[[], bool]:
