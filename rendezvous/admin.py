@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 _TOKEN_SIZE = 16
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 MAX_USES = 1_000_000
 
 
@@ -154,6 +155,13 @@ async def restore(directory: Path, source: Path) -> None:
     temp = directory / f".{db.DB_FILE}.restore"
     with db.serve_lock(directory):
         try:
+            with source.open("rb") as file:
+                magic = file.read(len(_SQLITE_MAGIC))
+            if magic != _SQLITE_MAGIC:
+                raise StorageError(
+                    f"{source} is not a rendezvous backup (not SQLite)",
+                    code="rendezvous.bad_backup",
+                )
             shutil.copyfile(source, temp)
         except OSError as exc:
             raise UsageError(
