@@ -14,10 +14,12 @@ Protocol (frames 0x50..0x54, all about chunk *indexes* of a feed):
 - ``Missing(feed, indexes)``: the sender does not hold what was asked.
 - ``Conflict(proof)``: an equivocation proof, so every peer flags the writer.
 
-Resuming after a cut needs nothing special: a new session over the same :class:`FeedState`
-objects announces what is held (including chunks accepted out of order) and fetches only the
-rest. A request that times out is withdrawn from the peer's Have view until the peer announces
-again, so a peer that stalls some requests cannot hold every slot.
+Resuming after a cut needs nothing special: call :meth:`~ReplicationSession.close` on the dead
+session, and a new session over the same :class:`FeedState` objects announces what is held
+(including chunks accepted out of order) and fetches only the rest. A request that times out
+is withdrawn from the peer's Have view until the peer announces again, so a peer that stalls
+some requests cannot hold every slot. A node's sessions share one :class:`RequestBoard`, so a
+new member connected to several holders fetches different chunks from each, never one twice.
 
 The caller (the I/O shell) owns storage. It answers each :class:`ChunkNeeded` event with
 :meth:`~ReplicationSession.send_chunk` or :meth:`~ReplicationSession.send_missing`, persists
