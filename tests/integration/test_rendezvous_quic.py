@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from dht.node import DhtConfig, DhtNode
+from dht.values import PeerRecordValidator
 from node import envelope, records
 from node.auth import AuthOk
 from node.crypto import random_bytes
@@ -180,3 +182,24 @@ async def test_unexpected_frames_are_refused_and_the_server_keeps_serving(tmp_pa
             await conn.request(AuthOk())
         assert await good.search("") == []
         assert await evil.search("") == []
+
+
+async def test_dht_bootstrap_from_the_server(tmp_path: Path) -> None:
+    stop = asyncio.Event()
+    ready: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
+    options = ServeOptions(tmp_path, ("127.0.0.1", 0), dht_listen=("127.0.0.1", 0))
+    task = asyncio.create_task(serve(options, ready.set_result, stop))
+    try:
+        info = await asyncio.wait_for(asyncio.shield(ready), 20)
+        host, _, port = str(info["dht"]).rpartition(":")
+        alice = Identity.generate()
+        record = records.sign_record(alice, seq=3, expires=int(time.time()) + 600)
+        key = records.discovery_key(alice.peer_id)
+        configs = [DhtConfig(host="127.0.0.1", bootstrap=((host, int(port)),)) for _ in range(2)]
+        async with DhtNode(configs[0], PeerRecordValidator()) as a:
+            assert await a.publish(key, record.encode()) >= 2  # the server accepted it too
+            async with DhtNode(configs[1], PeerRecordValidator()) as b:
+                assert await b.get(key) == record.encode()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
