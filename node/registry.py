@@ -20,6 +20,7 @@ Refusals are :class:`node.mailbox.Refused` values with stable codes (README Prot
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import unicodedata
 from collections.abc import Iterable
@@ -137,6 +138,14 @@ class Presence:
 
     def unregister(self, peer: bytes) -> None:
         self._entries.pop(peer, None)
+
+    def forget_observed(self, peer: bytes) -> None:
+        """Drop the observed address (the peer's last connection closed): the server keeps no
+        IP address beyond what a live connection needs; the signed record stays until it
+        expires."""
+        entry = self._entries.get(peer)
+        if entry is not None and entry.observed is not None:
+            self._entries[peer] = dataclasses.replace(entry, observed=None)
 
     def get_timer(self) -> float | None:
         return self._expiry.next()

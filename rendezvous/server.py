@@ -96,6 +96,7 @@ class _Session:
     peer: PeerId
     mailbox: bytes
     admitted: bool = False
+    waking: bool = False
 
 
 class RendezvousService:
@@ -234,6 +235,7 @@ class RendezvousService:
             owners.discard(session)
             if not owners:
                 del self._by_mailbox[session.mailbox]
+                self.presence.forget_observed(session.peer.key)
         self.metrics.connections.set(len(self._sessions))
 
     @property
@@ -403,15 +405,20 @@ class RendezvousService:
         owners = self._by_mailbox.get(mailbox)
         if not owners:
             return
-        pending = self.book.usage(mailbox)[0]
-        for session in list(owners):
-            task = asyncio.get_running_loop().create_task(self._send_wake(session, pending))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        for session in owners:
+            if not session.waking:  # one Wake in flight per connection: a burst wakes once
+                session.waking = True
+                task = asyncio.get_running_loop().create_task(self._send_wake(session))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
-    async def _send_wake(self, session: _Session, pending: int) -> None:
-        with contextlib.suppress(PeerlineError):
-            await session.conn.send(p.Wake(pending), timeout=5.0)
+    async def _send_wake(self, session: _Session) -> None:
+        try:
+            with contextlib.suppress(PeerlineError):
+                pending = self.book.usage(session.mailbox)[0]
+                await session.conn.send(p.Wake(pending), timeout=5.0)
+        finally:
+            session.waking = False
 
     def _owner_check(self, session: _Session, mailbox: bytes) -> p.Refusal | None:
         if mailbox != session.mailbox:

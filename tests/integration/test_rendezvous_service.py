@@ -225,6 +225,10 @@ async def test_presence_register_and_lookup_with_observed_address(harness: Make)
     assert isinstance(await h.ask(conn, p.Register(newer.encode(), None)), p.Registered)
     assert refusal_code(await h.ask(conn, p.Register(stale.encode(), None))) == "presence.stale"
     assert await h.ask(conn, p.Lookup(bob.peer_id.key)) == p.LookupResult(None, None)
+    # Once Alice's last connection closes, the server forgets her address, not her record.
+    h.service.detach(conn)
+    found = await h.ask(h.connect(bob), p.Lookup(alice.peer_id.key))
+    assert found == p.LookupResult(newer.encode(), None)
 
 
 async def test_directory_publish_search_and_closed_accounts(harness: Make) -> None:

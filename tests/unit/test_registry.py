@@ -52,6 +52,10 @@ def test_presence_ttl_default_cap_and_record_expiry() -> None:
     entry = register(presence, P1, 1, None, record_expires=60.0)
     assert isinstance(entry, PresenceEntry) and entry.expires_at == 60.0
     assert presence.lookup(P1, 59.0) is not None
+    presence.forget_observed(P1)
+    presence.forget_observed(P2)  # unknown: nothing happens
+    held = presence.lookup(P1, 59.0)
+    assert held is not None and held.observed is None and held.record == b"rec1"
     assert presence.lookup(P1, 60.0) is None
     assert presence.handle_timer(70.0) == [P1]
     assert len(presence) == 0
