@@ -95,9 +95,9 @@ def _sync(feed: _Feed, done: Callable[[FeedState], bool]) -> float:
     start = time.perf_counter()
     source = ReplicationSession([source_state], 0.0)
     member = ReplicationSession([member_state], 0.0)
-    decoder = wire.FrameDecoder()
+    pipes = [(source, member, wire.FrameDecoder()), (member, source, wire.FrameDecoder())]
     for _ in range(10 * len(feed.blobs) + 100):
-        for sender, receiver in ((source, member), (member, source)):
+        for sender, receiver, decoder in pipes:
             data = b"".join(wire.encode_frame(frame) for frame in sender.frames_to_send())
             for frame in decoder.feed(data):
                 receiver.receive_frame(frame, 0.0)
