@@ -123,10 +123,15 @@ class ChunkStored:
 
 @dataclass(frozen=True, slots=True)
 class EquivocationDetected:
-    """The feed's writer signed two incompatible heads; the state keeps ``proof``."""
+    """The feed's writer signed two incompatible heads; the state keeps ``proof``.
+
+    ``chunk`` is the refused chunk with its entries when it came as data (``None`` when only
+    a proof came): keep it beside the proof if the entries themselves should be shown.
+    """
 
     feed: bytes
     proof: EquivocationProof
+    chunk: Chunk | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,7 +385,7 @@ class ReplicationSession:
         if outcome.status == "stored":
             self._events.append(ChunkStored(head.feed, frame.chunk))
         elif outcome.proof is not None:
-            self._on_equivocation(head.feed, head.index, outcome.proof)
+            self._on_equivocation(frame.chunk, outcome.proof)
         self._schedule(now)
 
     def _on_missing(self, frame: Missing, now: float) -> None:
@@ -407,9 +412,10 @@ class ReplicationSession:
 
     # ------------------------------------------------------------------ internals
 
-    def _on_equivocation(self, feed: bytes, index: int, proof: EquivocationProof) -> None:
+    def _on_equivocation(self, chunk: Chunk, proof: EquivocationProof) -> None:
         """Report the proof, send it back, and stop asking this peer for that chunk."""
-        self._events.append(EquivocationDetected(feed, proof))
+        feed, index = chunk.head.feed, chunk.head.index
+        self._events.append(EquivocationDetected(feed, proof, chunk))
         self._outgoing.append(Conflict(proof))
         if feed in self._peer_has:
             self._peer_has[feed].discard(index)

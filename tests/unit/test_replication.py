@@ -426,8 +426,10 @@ def test_equivocation_is_detected_kept_and_passed_on_without_flagging_the_relay(
     relay = Peer.holding(fork)  # 0..4 of the writer's other branch, relayed in good faith
     net = Net(relay, member)
     net.run(lambda: bool(member.of(EquivocationDetected)) and bool(relay.of(EquivocationDetected)))
-    proof = member.of(EquivocationDetected)[0].proof
-    proof.verify()
+    detected = member.of(EquivocationDetected)[0]
+    detected.proof.verify()
+    assert detected.chunk == fork[4]  # the refused entries are handed over, not lost
+    assert relay.of(EquivocationDetected)[0].chunk is None  # it only got the proof
     assert member.states[FEED].flagged and member.states[FEED].proofs
     assert relay.states[FEED].flagged  # learnt from the Conflict frame
     assert not member.of(PeerFlagged) and not relay.of(PeerFlagged)
