@@ -29,6 +29,7 @@ from typing import Any
 
 from zeroconf import Error as ZeroconfError
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange
+from zeroconf._utils.net import get_all_addresses
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from node import records
@@ -42,7 +43,7 @@ from node.errors import (
 from node.identity import PeerId
 from node.records import PeerRecord
 
-__all__ = ["SERVICE_TYPE", "TXT_CHUNK", "MdnsDiscovery", "pack_txt", "unpack_txt"]
+__all__ = ["SERVICE_TYPE", "TXT_CHUNK", "MdnsDiscovery", "lan_addresses", "pack_txt", "unpack_txt"]
 
 SERVICE_TYPE = "_peerline._udp.local."
 TXT_CHUNK = 250
@@ -77,6 +78,16 @@ def unpack_txt(properties: Mapping[bytes, bytes | None]) -> tuple[PeerId, bytes]
         return claimed, b"".join(part for part in parts if part is not None)
     except (PeerlineError, ValueError, UnicodeDecodeError):
         raise InvalidRecordError("malformed mDNS TXT entries", code="record.malformed") from None
+
+
+def lan_addresses(interfaces: Sequence[str] | None = None) -> list[str]:
+    """IPv4 addresses to put in our record: the configured interfaces, else every
+    non-loopback address of this host (loopback only if there is nothing else)."""
+    if interfaces is not None:
+        return list(interfaces)
+    found = get_all_addresses()
+    outside = [ip for ip in found if not ip.startswith("127.")]
+    return outside or found
 
 
 def _instance_name(peer_id: PeerId) -> str:
