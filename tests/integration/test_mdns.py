@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
+from node.errors import AuthenticationError
 from node.identity import Identity
+from node.lookup import Resolver, dial_any
 from node.mdns import SERVICE_TYPE, MdnsDiscovery, pack_txt
 from node.records import sign_record, validate
+from node.transport import Transport
 
 pytestmark = pytest.mark.integration
 
@@ -28,9 +31,9 @@ def signed(identity: Identity, port: int, seq: int = 1) -> bytes:
     ).encode()
 
 
-async def wait_until(predicate: object, timeout: float = 8.0) -> None:
+async def wait_until(predicate: Callable[[], object], timeout: float = 8.0) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.05)
 
@@ -114,3 +117,27 @@ async def test_lookup_by_direct_query_for_a_peer_not_yet_browsed() -> None:
         await real.advertise(record, 4002)
         async with MdnsDiscovery(interfaces=LOOPBACK) as late:
             assert await late.lookup(bob.peer_id) == [record]
+
+
+async def test_record_pointing_at_an_impostor_ends_in_a_refused_handshake() -> None:
+    alice, bob, mallory = Identity.generate(), Identity.generate(), Identity.generate()
+    async with (
+        Transport(alice) as alice_t,
+        Transport(bob) as bob_t,
+        Transport(mallory) as mallory_t,
+        MdnsDiscovery(interfaces=LOOPBACK) as alice_mdns,
+        MdnsDiscovery(interfaces=LOOPBACK) as bob_mdns,
+    ):
+        resolver = Resolver([alice_mdns], timeout=2.0)
+        # Bob's (stale) record names an address where Mallory now listens.
+        stale = validate(signed(bob, mallory_t.address[1]), time.time())
+        await bob_mdns.advertise(stale, mallory_t.address[1])
+        await wait_until(alice_mdns.peers)
+        with pytest.raises(AuthenticationError):
+            await dial_any(alice_t, bob.peer_id, resolver)
+        # Bob republishes with his real address: the same lookup now reaches him.
+        fresh = validate(signed(bob, bob_t.address[1], seq=2), time.time())
+        await bob_mdns.advertise(fresh, bob_t.address[1])
+        await wait_until(lambda: alice_mdns.peers()[0].seq == 2)
+        conn = await dial_any(alice_t, bob.peer_id, resolver)
+        assert conn.peer_id == bob.peer_id
