@@ -317,7 +317,7 @@ class ReplicationSession:
         if now >= self._next_announce:
             self._dirty.update(dict.fromkeys(self._feeds))
             self._next_announce = now + self.config.announce_interval
-        self._schedule(now)
+        self._schedule(now, self._peer_has)
 
     def receive_frame(self, frame: wire.Message, now: float) -> None:
         """Handle one decoded frame from the peer; protocol violations flag the peer."""
@@ -358,7 +358,7 @@ class ReplicationSession:
         for feed, index in self._conflicted:
             if feed == frame.feed:
                 known.discard(index)
-        self._schedule(now)
+        self._schedule(now, [frame.feed])
 
     def _on_want(self, frame: Want) -> None:
         state = self._feeds.get(frame.feed)
@@ -386,7 +386,7 @@ class ReplicationSession:
             self._events.append(ChunkStored(head.feed, frame.chunk))
         elif outcome.proof is not None:
             self._on_equivocation(frame.chunk, outcome.proof)
-        self._schedule(now)
+        self._schedule(now, [head.feed])
 
     def _on_missing(self, frame: Missing, now: float) -> None:
         """The peer lacks chunks it announced: forget them until it announces them again.
@@ -403,7 +403,7 @@ class ReplicationSession:
             raise LimitExceededError(
                 "peer keeps lacking what it announced", code="replication.limit"
             )
-        self._schedule(now)
+        self._schedule(now, [frame.feed])
 
     def _on_conflict(self, frame: Conflict) -> None:
         state = self._feeds.get(frame.proof.first.feed)
@@ -448,35 +448,43 @@ class ReplicationSession:
             if key not in self._in_flight and not self._board.taken(key, self):
                 yield index
 
-    def _schedule(self, now: float) -> None:
-        """Fill free request slots round-robin across feeds, newest chunks first."""
+    def _schedule(self, now: float, touched: Iterable[bytes]) -> None:
+        """Fill free request slots round-robin across feeds, newest chunks first.
+
+        ``touched`` are the feeds whose state may have changed: only they are checked for a
+        :class:`FeedSynced` transition, so a chunk costs O(1) feeds, not O(all feeds).
+        """
         free = self.config.max_in_flight - len(self._in_flight)
         feeds = list(self._peer_has)
-        if not feeds:
-            return
-        start = self._rotation % len(feeds)
-        order = feeds[start:] + feeds[:start]
-        self._rotation += 1
-        sources = {feed: self._wanted(feed) for feed in order}
-        picked: dict[bytes, list[int]] = {}
-        while free > 0 and sources:
-            for feed, source in list(sources.items()):
-                index = next(source, None)
-                if index is None or free == 0:
-                    del sources[feed]
-                    continue
-                picked.setdefault(feed, []).append(index)
-                self._in_flight[(feed, index)] = now + self.config.request_timeout
-                self._board.claim((feed, index), self)
-                free -= 1
-        for feed, indexes in picked.items():
-            for i in range(0, len(indexes), MAX_WANT):
-                self._outgoing.append(Want(feed, indexes[i : i + MAX_WANT]))
-        self._report_synced(order)
+        if feeds and free > 0:
+            start = self._rotation % len(feeds)
+            self._rotation += 1
+            sources = {feed: self._wanted(feed) for feed in feeds[start:] + feeds[:start]}
+            picked: dict[bytes, list[int]] = {}
+            while free > 0 and sources:
+                for feed, source in list(sources.items()):
+                    if free == 0:
+                        break
+                    index = next(source, None)
+                    if index is None:
+                        del sources[feed]
+                        continue
+                    picked.setdefault(feed, []).append(index)
+                    self._in_flight[(feed, index)] = now + self.config.request_timeout
+                    self._board.claim((feed, index), self)
+                    free -= 1
+            for feed, indexes in picked.items():
+                for i in range(0, len(indexes), MAX_WANT):
+                    self._outgoing.append(Want(feed, indexes[i : i + MAX_WANT]))
+        self._report_synced(touched)
 
-    def _report_synced(self, feeds: list[bytes]) -> None:
+    def _report_synced(self, feeds: Iterable[bytes]) -> None:
+        """Emit :class:`FeedSynced` when a feed the peer announced becomes complete here."""
         for feed in feeds:
-            done = next(self._peer_has[feed].missing_from(self._feeds[feed].held), None) is None
+            known = self._peer_has.get(feed)
+            if known is None:
+                continue  # the peer has not announced this feed: nothing to be synced with
+            done = next(known.missing_from(self._feeds[feed].held), None) is None
             if done and feed not in self._synced:
                 self._synced.add(feed)
                 self._events.append(FeedSynced(feed))

@@ -505,6 +505,15 @@ def test_a_peer_announcing_what_it_lacks_is_flagged() -> None:
     assert member.of(PeerFlagged)[0].error.code == "replication.limit"
 
 
+def test_a_push_before_any_have_is_verified_and_stored() -> None:
+    chunk = write(8)[0]
+    member = Peer([FeedState(WRITER.peer_id, FEED)], {})
+    member.session.receive_frame(Data(chunk), 0.0)  # found by the mutation property
+    member.pump()
+    assert [type(e) for e in member.events] == [ChunkStored]
+    assert member.store[(FEED, 0)] == chunk
+
+
 def test_unknown_feeds_are_ignored_or_answered_missing() -> None:
     stranger = feeds.feed_id(SECOND.peer_id, b"elsewhere")
     peer = Peer.holding(write(16))
