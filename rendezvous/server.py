@@ -322,22 +322,23 @@ class RendezvousService:
     # ------------------------------------------------------------------ mailbox
 
     async def _deposit(self, session: _Session, message: p.Deposit) -> wire.Message:
-        """Decide every envelope, commit the accepted ones together (one group commit), then
-        answer one outcome per envelope: a signed receipt or a refusal."""
+        """Decide every envelope, commit the new ones in one unit, then answer one outcome per
+        envelope: a signed receipt or a refusal."""
         decisions = [self._decide(session, data) for data in message.envelopes]
-        stored = await asyncio.gather(
-            *(
-                self._persist(d, data)
-                for d, data in zip(decisions, message.envelopes, strict=True)
-                if isinstance(d, Accepted)
-            )
-        )
+        accepted = [
+            (d, data)
+            for d, data in zip(decisions, message.envelopes, strict=True)
+            if isinstance(d, Accepted)
+        ]
+        stored = await self._persist(accepted)
         outcomes: list[p.DepositOutcome] = []
         results = iter(stored)
         failed = Refused("server.storage", "the server could not store it")
         for decision in decisions:
             lost = isinstance(decision, Accepted) and not next(results)
             outcomes.append(self._outcome(failed if lost else decision))
+        if accepted:
+            self._update_gauges()
         return p.Deposited(outcomes)
 
     def _decide(self, session: _Session, data: bytes) -> Accepted | Refused:
@@ -361,7 +362,6 @@ class RendezvousService:
         entry = decision.envelope
         if not decision.duplicate:
             self.metrics.deposits.inc()
-            self._update_gauges()
             self._wake(entry.mailbox_id)
         body = p.ReceiptBody(
             self.identity.peer_id.key,
@@ -371,30 +371,43 @@ class RendezvousService:
         )
         return p.DepositOutcome(p.sign_receipt(self.identity, body), None)
 
-    async def _persist(self, decision: Accepted, data: bytes) -> bool:
-        """Commit a new envelope (or wait for the write of the same id already under way).
+    async def _persist(self, accepted: list[tuple[Accepted, bytes]]) -> list[bool]:
+        """Commit the new envelopes in one unit; for duplicates, wait for the write of the same
+        id already under way. Returns, per item, whether its row is committed.
 
         The write runs in its own task, so a cancelled request cannot leave the index and the
-        database disagreeing: the index entry is dropped exactly when the row was not written.
+        database disagreeing: index entries are dropped exactly when their rows were not written.
         """
-        entry = decision.envelope
-        pending = self._pending.get(entry.envelope_id)
-        if decision.duplicate:
-            return True if pending is None else await asyncio.shield(pending)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        self._pending[entry.envelope_id] = future
-        task = loop.create_task(self.store.write([db.insert_envelope_op(entry, data)]))
-        task.add_done_callback(lambda done: self._written(entry, future, done))
-        return await asyncio.shield(future)
+        fresh = [(d.envelope, data) for d, data in accepted if not d.duplicate]
+        written: asyncio.Future[bool] = loop.create_future()
+        if fresh:
+            for entry, _ in fresh:
+                self._pending[entry.envelope_id] = written
+            ops = [db.insert_envelope_op(entry, data) for entry, data in fresh]
+            task = loop.create_task(self.store.write(ops))
+            entries = [entry for entry, _ in fresh]
+            task.add_done_callback(lambda done: self._written(entries, written, done))
+        results: list[bool] = []
+        for decision, _ in accepted:
+            waiting = (
+                written
+                if not decision.duplicate
+                else self._pending.get(decision.envelope.envelope_id)
+            )
+            results.append(True if waiting is None else await asyncio.shield(waiting))
+        return results
 
     def _written(
-        self, entry: StoredEnvelope, future: asyncio.Future[bool], task: asyncio.Task[None]
+        self, entries: list[StoredEnvelope], future: asyncio.Future[bool], task: asyncio.Task[None]
     ) -> None:
-        self._pending.pop(entry.envelope_id, None)
+        for entry in entries:
+            if self._pending.get(entry.envelope_id) is future:
+                del self._pending[entry.envelope_id]
         failed = task.cancelled() or task.exception() is not None
         if failed:
-            self.book.remove(entry.mailbox_id, [entry.envelope_id])
+            for entry in entries:
+                self.book.remove(entry.mailbox_id, [entry.envelope_id])
             error = None if task.cancelled() else task.exception()
             code = error.code if isinstance(error, PeerlineError) else "cancelled"
             self._event("deposit_failed", logging.WARNING, error=code)
