@@ -56,6 +56,8 @@ __all__ = [
     "EquivocationProof",
     "FeedState",
     "FeedWriter",
+    "Hash",
+    "Position",
     "RangeSet",
     "conflict",
     "entry_hash",
@@ -79,7 +81,9 @@ _GENESIS_PERSON = b"peerline/genesis"
 _HEAD_PERSON = b"peerline/head"
 
 Hash = Annotated[bytes, wire.Bytes(size=_HASH)]
+"""A 32-byte hash field of a wire message."""
 Position = Annotated[int, wire.Int(max=MAX_SEQ)]
+"""An entry position or chunk index field of a wire message."""
 
 
 def feed_id(writer: PeerId, label: bytes) -> bytes:
