@@ -27,6 +27,7 @@ import click
 
 from cli.demo import demo
 from cli.identity_cmds import id_command, init
+from cli.node_cmds import NODE_COMMANDS
 from cli.output import AppContext, emit, emit_error
 from cli.rendezvous_cmds import rendezvous
 from node.errors import PeerlineError, UsageError
@@ -51,7 +52,7 @@ _EXIT_BY_CODE = {
     "aborted": EXIT_FAILURE,
 }
 
-COMMANDS: tuple[click.Command, ...] = (init, id_command, demo, rendezvous)
+COMMANDS: tuple[click.Command, ...] = (init, id_command, demo, rendezvous, *NODE_COMMANDS)
 
 
 def peerline_version() -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "ConversationInfo",
     "History",
     "Request",
+    "Status",
     "StoredMessage",
     "message_id_from_text",
 ]
@@ -235,6 +236,30 @@ class History:
             " m.state FROM outbox o JOIN messages m ON m.id = o.message_id"
         )
         return [OutboxEntry(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def outbox_entries_for(self, message_ids: list[bytes]) -> list[OutboxEntry]:
+        marks = ",".join("?" * len(message_ids))
+        rows = await self._store.fetch_all(
+            "SELECT o.message_id, o.recipient, o.expires_at, o.next_attempt_at, o.attempts,"  # noqa: S608
+            " m.state FROM outbox o JOIN messages m ON m.id = o.message_id"
+            f" WHERE o.message_id IN ({marks})",
+            message_ids,
+        )
+        return [OutboxEntry(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def ciphertexts(self, message_ids: list[bytes]) -> dict[bytes, bytes]:
+        """The ciphertexts already made for these outbox entries (re-sent as they are)."""
+        marks = ",".join("?" * len(message_ids))
+        rows = await self._store.fetch_all(
+            "SELECT message_id, ciphertext FROM outbox"  # noqa: S608
+            f" WHERE ciphertext IS NOT NULL AND message_id IN ({marks})",
+            message_ids,
+        )
+        return {r[0]: bytes(r[1]) for r in rows}
+
+    @staticmethod
+    def ciphertext_op(message_id: bytes, ciphertext: bytes) -> WriteOp:
+        return ("UPDATE outbox SET ciphertext = ? WHERE message_id = ?", (ciphertext, message_id))
 
     async def chat_texts(self, message_ids: list[bytes]) -> dict[bytes, ChatText]:
         """The plaintext frames of outgoing messages, rebuilt from their rows."""
