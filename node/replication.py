@@ -256,15 +256,35 @@ class ReplicationSession:
         self._feeds[state.feed] = state
         self._dirty[state.feed] = None
 
+    def remove_feed(self, feed: bytes) -> None:
+        """Stop replicating ``feed`` with this peer (e.g. the peer left the group).
+
+        Its requests are released, pending ChunkNeeded answers are dropped, and Want frames for
+        it are answered Missing from now on.
+        """
+        self._feeds.pop(feed, None)
+        self._peer_has.pop(feed, None)
+        self._dirty.pop(feed, None)
+        self._synced.discard(feed)
+        for key in [key for key in self._in_flight if key[0] == feed]:
+            self._settle(key)
+        self._serving = {key for key in self._serving if key[0] != feed}
+        self._outgoing = [
+            f for f in self._outgoing if not (isinstance(f, Data) and f.chunk.head.feed == feed)
+        ]
+
     def announce(self, feed: bytes) -> None:
         """Tell the peer what we hold of ``feed`` again (after a local change); coalesced."""
         if feed in self._feeds:
             self._dirty[feed] = None
 
     def send_chunk(self, chunk: Chunk) -> None:
-        """Send a chunk: the answer to a :class:`ChunkNeeded`, or an unasked push."""
+        """Send a chunk: the answer to a :class:`ChunkNeeded`, or an unasked push.
+
+        Chunks of feeds not (or no longer) replicated with this peer are not sent.
+        """
         self._serving.discard((chunk.head.feed, chunk.head.index))
-        if not self.closed:
+        if not self.closed and chunk.head.feed in self._feeds:
             self._outgoing.append(Data(chunk))
 
     def send_missing(self, feed: bytes, index: int) -> None:

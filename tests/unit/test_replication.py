@@ -505,6 +505,27 @@ def test_a_peer_announcing_what_it_lacks_is_flagged() -> None:
     assert member.of(PeerFlagged)[0].error.code == "replication.limit"
 
 
+def test_a_removed_feed_is_no_longer_fetched_or_served() -> None:
+    ours, theirs = write(200, per_chunk=4), write(200, per_chunk=4, identity=SECOND, feed=FEED_2)
+    source = Peer([FeedState(WRITER.peer_id, FEED), FeedState(SECOND.peer_id, FEED_2)], {})
+    for feed, chunks in ((FEED, ours), (FEED_2, theirs)):
+        for chunk in chunks:
+            source.states[feed].accept(chunk)
+            source.store[(feed, chunk.head.index)] = chunk
+    member = Peer([FeedState(WRITER.peer_id, FEED), FeedState(SECOND.peer_id, FEED_2)], {})
+    source.restart(0.0)
+    net = Net(source, member)
+    net.run(lambda: member.states[FEED_2].held.size() >= 5)
+    member.session.remove_feed(FEED_2)  # e.g. its writer left the group
+    source.session.remove_feed(FEED_2)
+    net.run(holds_all(member, FEED, ours))
+    assert member.states[FEED_2].held.size() < len(theirs)
+    assert len(member.board) == 0
+    source.session.receive_frame(Want(FEED_2, [0]), net.now)
+    source.session.send_chunk(theirs[1])
+    assert source.session.frames_to_send() == [Missing(FEED_2, [0])]
+
+
 def test_a_push_before_any_have_is_verified_and_stored() -> None:
     chunk = write(8)[0]
     member = Peer([FeedState(WRITER.peer_id, FEED)], {})
