@@ -150,31 +150,46 @@ class RendezvousClient:
 
     # ------------------------------------------------------------------ mailbox
 
-    async def deposit(self, envelope: bytes) -> p.ReceiptBody:
-        """Store one sealed envelope; returns the verified receipt or raises RefusedError."""
+    async def deposit(self, envelope: bytes) -> p.StoredItem:
+        """Store one sealed envelope; returns its verified receipt item or raises RefusedError."""
         (outcome,) = await self.deposit_many([envelope])
         if isinstance(outcome, RefusedError):
             raise outcome
         return outcome
 
-    async def deposit_many(self, envelopes: list[bytes]) -> list[p.ReceiptBody | RefusedError]:
-        """Store up to :data:`~rendezvous.protocol.MAX_DEPOSIT_BATCH` envelopes in one request;
-        one verified receipt or refusal per envelope, in order."""
-        reply = await self._ask(p.Deposit(envelopes), p.Deposited)
-        if len(reply.outcomes) != len(envelopes):
-            raise RemoteProtocolError(
-                "wrong number of deposit outcomes", code="rendezvous.bad_receipt"
-            )
-        return [self._outcome(outcome) for outcome in reply.outcomes]
+    async def deposit_many(self, envelopes: list[bytes]) -> list[p.StoredItem | RefusedError]:
+        """Store up to :data:`~rendezvous.protocol.MAX_DEPOSIT_BATCH` envelopes in one request.
 
-    def _outcome(self, outcome: p.DepositOutcome) -> p.ReceiptBody | RefusedError:
-        if outcome.refusal is not None:
-            refusal = outcome.refusal
-            return RefusedError(refusal.message, code=refusal.code, retry_after=refusal.retry_after)
-        if outcome.receipt is None:
-            raise RemoteProtocolError("empty deposit outcome", code="rendezvous.bad_receipt")
+        Returns, per envelope in order, the item of the server's verified receipt (its id is
+        checked against the id we compute) or the refusal. The receipt is signed once for all.
+        """
+        reply = await self._ask(p.Deposit(envelopes), p.Deposited)
+        refused = {r.index: r.refusal for r in reply.refused}
+        stored = {item.envelope_id: item for item in self._verified(reply.receipt)}
+        outcomes: list[p.StoredItem | RefusedError] = []
+        for index, data in enumerate(envelopes):
+            refusal = refused.get(index)
+            item = stored.get(envelope.envelope_id(data))
+            if refusal is not None:
+                outcomes.append(
+                    RefusedError(
+                        refusal.message, code=refusal.code, retry_after=refusal.retry_after
+                    )
+                )
+            elif item is not None:
+                outcomes.append(item)
+            else:
+                raise RemoteProtocolError(
+                    "the server neither stored nor refused an envelope",
+                    code="rendezvous.bad_receipt",
+                )
+        return outcomes
+
+    def _verified(self, receipt: p.Receipt | None) -> list[p.StoredItem]:
+        if receipt is None:
+            return []
         try:
-            return p.verify_receipt(outcome.receipt, self.server.peer_id)
+            return p.verify_receipt(receipt, self.server.peer_id).items
         except CryptoError as exc:
             raise RemoteProtocolError(
                 f"bad receipt from the server: {exc.code}", code="rendezvous.bad_receipt"

@@ -13,7 +13,8 @@ request            reply               meaning
 ``Hello``          ``Welcome``         first request; presents an invite token once
 ``Register``       ``Registered``      publish/refresh our signed PeerRecord
 ``Lookup``         ``LookupResult``    a peer's record + the address the server saw
-``Deposit``        ``Deposited``       store sealed envelopes (idempotent), one outcome each
+``Deposit``        ``Deposited``       store sealed envelopes (idempotent): one signed
+                                       receipt for the stored ones, a refusal for each other
 ``ListMailbox``    ``Listing``         ids, sizes, expiries of our envelopes
 ``Fetch``          ``Envelopes``       envelope bytes (oldest first, or by id)
 ``Ack``            ``Acked``           delete envelopes we stored durably
@@ -52,12 +53,12 @@ __all__ = [
     "Acked",
     "DirectoryItem",
     "Deposit",
-    "DepositOutcome",
     "Deposited",
     "EnvelopeItem",
     "Envelopes",
     "Fetch",
     "Hello",
+    "IndexedRefusal",
     "ListItem",
     "ListMailbox",
     "Listing",
@@ -74,6 +75,7 @@ __all__ = [
     "Registered",
     "Search",
     "SearchResult",
+    "StoredItem",
     "Wake",
     "Welcome",
     "invite_token_text",
@@ -171,37 +173,51 @@ class Deposit(wire.Message):
 
 
 @dataclass(frozen=True, slots=True)
-class ReceiptBody(wire.Message):
-    server: Annotated[bytes, wire.Bytes(size=KEY_SIZE)]
+class StoredItem(wire.Message):
+    """One stored envelope: its mailbox, its id (a hash of its bytes) and its expiry."""
+
     mailbox: Annotated[bytes, _ID]
     envelope_id: Annotated[bytes, _ID]
     expires_at: Annotated[int, _TIME]
 
 
+@dataclass(frozen=True, slots=True)
+class ReceiptBody(wire.Message):
+    server: Annotated[bytes, wire.Bytes(size=KEY_SIZE)]
+    items: Annotated[
+        list[StoredItem], wire.ListOf(wire.Nested(StoredItem), max_items=MAX_DEPOSIT_BATCH)
+    ]
+
+
 @wire.frame(0x38)
 @dataclass(frozen=True, slots=True)
 class Receipt(wire.Message):
-    """The server's signed statement "this envelope is stored until ``expires_at``"."""
+    """The server's signed statement "these envelopes are stored until their expiry".
+
+    One signature covers a whole Deposit request: signing and verifying per envelope would
+    cost more than storing it.
+    """
 
     body: Annotated[ReceiptBody, wire.Nested(ReceiptBody)]
     signature: Annotated[bytes, wire.Bytes(size=SIGNATURE_SIZE)]
 
 
 @dataclass(frozen=True, slots=True)
-class DepositOutcome(wire.Message):
-    """Exactly one of ``receipt`` (stored) and ``refusal`` (why not) is set."""
+class IndexedRefusal(wire.Message):
+    """Why the envelope at ``index`` of a Deposit request was not stored."""
 
-    receipt: Annotated[Receipt | None, wire.Maybe(wire.Nested(Receipt))]
-    refusal: Annotated[Refusal | None, wire.Maybe(wire.Nested(Refusal))]
+    index: Annotated[int, wire.Int(max=MAX_DEPOSIT_BATCH - 1)]
+    refusal: Annotated[Refusal, wire.Nested(Refusal)]
 
 
 @wire.frame(0x44)
 @dataclass(frozen=True, slots=True)
 class Deposited(wire.Message):
-    """One outcome per deposited envelope, in request order."""
+    """Every envelope of the request is either in ``receipt`` or in ``refused``."""
 
-    outcomes: Annotated[
-        list[DepositOutcome], wire.ListOf(wire.Nested(DepositOutcome), max_items=MAX_DEPOSIT_BATCH)
+    receipt: Annotated[Receipt | None, wire.Maybe(wire.Nested(Receipt))]
+    refused: Annotated[
+        list[IndexedRefusal], wire.ListOf(wire.Nested(IndexedRefusal), max_items=MAX_DEPOSIT_BATCH)
     ]
 
 

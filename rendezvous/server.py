@@ -7,8 +7,9 @@ the database, the clock, wake-ups, access reloads and metrics. Contracts:
 
 - The requester is always the connection's authenticated PeerId; mailbox requests naming
   another mailbox are refused (``mailbox.not_owner``), so only the owner lists, fetches or acks.
-- A deposit is answered with a signed :class:`~rendezvous.protocol.Receipt` only after its
-  row is committed; a duplicate waits for the first write's outcome, then gets a receipt too.
+- A deposit is answered with a signed :class:`~rendezvous.protocol.Receipt` (one per
+  request, listing every stored envelope) only after the rows are committed; a duplicate
+  waits for the first write's outcome, then is listed too.
 - Envelopes are deleted only when their owner acks them (or at expiry).
 - Access rules are reloaded when an admin command bumps ``access_version`` (polled every
   ``access_poll`` seconds); connections of peers the new rules refuse are closed at once.
@@ -330,16 +331,22 @@ class RendezvousService:
             for d, data in zip(decisions, message.envelopes, strict=True)
             if isinstance(d, Accepted)
         ]
-        stored = await self._persist(accepted)
-        outcomes: list[p.DepositOutcome] = []
-        results = iter(stored)
+        stored = iter(await self._persist(accepted))
+        items: list[p.StoredItem] = []
+        refused: list[p.IndexedRefusal] = []
         failed = Refused("server.storage", "the server could not store it")
-        for decision in decisions:
-            lost = isinstance(decision, Accepted) and not next(results)
-            outcomes.append(self._outcome(failed if lost else decision))
+        for index, decision in enumerate(decisions):
+            if isinstance(decision, Accepted) and next(stored):
+                items.append(self._stored(decision))
+            else:
+                reason = decision if isinstance(decision, Refused) else failed
+                refused.append(p.IndexedRefusal(index, self._refuse(reason)))
         if accepted:
             self._update_gauges()
-        return p.Deposited(outcomes)
+        receipt = None
+        if items:
+            receipt = p.sign_receipt(self.identity, p.ReceiptBody(self.identity.peer_id.key, items))
+        return p.Deposited(receipt, refused)
 
     def _decide(self, session: _Session, data: bytes) -> Accepted | Refused:
         try:
@@ -356,20 +363,12 @@ class RendezvousService:
             now=now,
         )
 
-    def _outcome(self, decision: Accepted | Refused) -> p.DepositOutcome:
-        if isinstance(decision, Refused):
-            return p.DepositOutcome(None, self._refuse(decision))
+    def _stored(self, decision: Accepted) -> p.StoredItem:
         entry = decision.envelope
         if not decision.duplicate:
             self.metrics.deposits.inc()
             self._wake(entry.mailbox_id)
-        body = p.ReceiptBody(
-            self.identity.peer_id.key,
-            entry.mailbox_id,
-            entry.envelope_id,
-            math.floor(entry.expires_at),
-        )
-        return p.DepositOutcome(p.sign_receipt(self.identity, body), None)
+        return p.StoredItem(entry.mailbox_id, entry.envelope_id, math.floor(entry.expires_at))
 
     async def _persist(self, accepted: list[tuple[Accepted, bytes]]) -> list[bool]:
         """Commit the new envelopes in one unit; for duplicates, wait for the write of the same

@@ -98,10 +98,13 @@ def sealed(h: Harness, owner: PeerId, body: bytes, ttl: float = 14 * 86400) -> b
 async def deposit_one(h: Harness, conn: FakeConn, data: bytes) -> wire.Message:
     """The single outcome of a one-envelope Deposit: a Receipt or a Refusal."""
     reply = await h.ask(conn, p.Deposit([data]))
-    assert isinstance(reply, p.Deposited) and len(reply.outcomes) == 1
-    outcome = reply.outcomes[0]
-    assert (outcome.receipt is None) != (outcome.refusal is None)
-    return outcome.receipt or outcome.refusal  # type: ignore[return-value]
+    assert isinstance(reply, p.Deposited)
+    if reply.receipt is not None:
+        assert reply.refused == [] and len(reply.receipt.body.items) == 1
+        return reply.receipt
+    (refused,) = reply.refused
+    assert refused.index == 0
+    return refused.refusal
 
 
 async def deposit(h: Harness, conn: FakeConn, owner: PeerId, body: bytes) -> wire.Message:
@@ -113,7 +116,7 @@ async def test_stranger_cannot_list_fetch_or_ack_another_mailbox(harness: Make) 
     alice, mallory, bob = Identity.generate(), Identity.generate(), Identity.generate()
     bob_conn = h.connect(bob)
     receipts = [await deposit(h, bob_conn, alice.peer_id, b"sealed %d" % i) for i in range(5)]
-    ids = [r.body.envelope_id for r in receipts if isinstance(r, p.Receipt)]
+    ids = [r.body.items[0].envelope_id for r in receipts if isinstance(r, p.Receipt)]
     assert len(ids) == 5
     alice_box = envelope.mailbox_id(alice.peer_id)
     mallory_box = envelope.mailbox_id(mallory.peer_id)
@@ -165,7 +168,7 @@ async def test_deposit_is_idempotent_with_verifiable_receipts_and_wakes_owner(
     )
     assert isinstance(first, p.Receipt) and first == again
     body = p.verify_receipt(first, h.service.identity.peer_id)
-    assert body.envelope_id == envelope.envelope_id(data)
+    assert [item.envelope_id for item in body.items] == [envelope.envelope_id(data)]
     with pytest.raises(PeerlineError):
         p.verify_receipt(first, bob.peer_id)
     assert await h.service.store.fetch_one("SELECT count(*) FROM envelopes") == (1,)
@@ -301,7 +304,7 @@ async def test_malformed_and_unexpected_requests_are_refused_and_others_served(
     h = await harness()
     alice, bob = Identity.generate(), Identity.generate()
     evil, good = h.connect(alice), h.connect(bob)
-    receipt = p.sign_receipt(h.service.identity, p.ReceiptBody(bytes(32), bytes(32), bytes(32), 1))
+    receipt = p.sign_receipt(h.service.identity, p.ReceiptBody(bytes(32), []))
     bad: list[wire.Message] = [
         p.Register(b"\x00garbage", None),
         p.Register(b"\x93" * 3000, 5),
@@ -317,7 +320,8 @@ async def test_malformed_and_unexpected_requests_are_refused_and_others_served(
     for message in bad:
         reply = await h.ask(evil, message)
         if isinstance(reply, p.Deposited):
-            reply = reply.outcomes[0].refusal  # type: ignore[assignment]
+            assert reply.receipt is None
+            reply = reply.refused[0].refusal
         assert isinstance(reply, p.Refusal) and reply.code, message
     stored = await deposit(h, good, alice.peer_id, b"still works")
     assert isinstance(stored, p.Receipt)
@@ -330,9 +334,10 @@ async def test_batched_deposit_has_one_outcome_per_envelope(harness: Make) -> No
     alice, bob = Identity.generate(), Identity.generate()
     sender = h.connect(bob)
     good = sealed(h, alice.peer_id, b"one")
-    reply = await h.ask(sender, p.Deposit([good, b"junk", good, sealed(h, bob.peer_id, b"two")]))
-    assert isinstance(reply, p.Deposited)
-    kinds = ["stored" if o.receipt else o.refusal.code for o in reply.outcomes]  # type: ignore[union-attr]
-    assert kinds == ["stored", "envelope.malformed", "stored", "stored"]
-    assert reply.outcomes[0] == reply.outcomes[2]
+    last = sealed(h, bob.peer_id, b"two")
+    reply = await h.ask(sender, p.Deposit([good, b"junk", good, last]))
+    assert isinstance(reply, p.Deposited) and reply.receipt is not None
+    assert [(r.index, r.refusal.code) for r in reply.refused] == [(1, "envelope.malformed")]
+    items = reply.receipt.body.items
+    assert [i.envelope_id for i in items] == [envelope.envelope_id(d) for d in (good, good, last)]
     assert await h.service.store.fetch_one("SELECT count(*) FROM envelopes") == (2,)
