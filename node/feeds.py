@@ -151,7 +151,7 @@ class Chunk(wire.Message):
         """An inclusion proof of the entry at ``seq`` against this chunk's signed root."""
         index = seq - self.head.first
         if not 0 <= index < len(self.entries):
-            raise LocalProtocolError(f"entry {seq} is not in this chunk", code="feed.bad_position")
+            raise LocalProtocolError(f"entry {seq} is not in this chunk", code="feed.not_in_chunk")
         tree = merkle.MerkleTree([entry_hash(entry) for entry in self.entries])
         return EntryProof(self.head, self.entries[index], tree.proof(index))
 
@@ -516,7 +516,7 @@ class FeedWriter:
             self._index, self._seq, self._last, self._prev_head = 0, 0, origin, origin
         else:
             if tip.writer != identity.peer_id.key or tip.feed != feed:
-                raise LocalProtocolError("tip is not this writer's feed", code="feed.wrong_feed")
+                raise LocalProtocolError("tip is not this writer's feed", code="feed.wrong_tip")
             self._index, self._seq, self._last = tip.index + 1, tip.end, tip.last
             self._prev_head = tip.digest()
         self._chunk_prev = self._last
