@@ -1,0 +1,268 @@
+"""1:1 messaging with real node processes driven through the CLI (loopback only).
+
+mDNS runs on 127.0.0.1 only. Bulk sends go through the control socket (the very API the CLI
+uses) because starting a Python process per message would dominate the run time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node import control
+
+pytestmark = pytest.mark.system
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PEERLINE_ARGON2": "fast"}
+DEADLINE = 60.0
+
+
+def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run one CLI command; returns the completed process (``check``: exit 0 required)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "--home", str(home), *args],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"{args} -> {done.returncode}: {done.stderr}")
+    return done
+
+
+def cli_json(home: Path, *args: str) -> dict[str, Any]:
+    out = json.loads(cli(home, "--json", *args).stdout)
+    assert isinstance(out, dict)
+    return out
+
+
+class NodeProcess:
+    """``peerline run`` as a child process; its JSON event lines go to ``HOME/run.log``."""
+
+    def __init__(self, home: Path, *args: str) -> None:
+        self.home = home
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, Any] = {}
+
+    @property
+    def log(self) -> Path:
+        return self.home / "run.log"
+
+    async def start(self) -> dict[str, Any]:
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as out, open(self.home / "run.err", "ab") as err:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "cli",
+                    "--home",
+                    str(self.home),
+                    "--json",
+                    "run",
+                    *self.args,
+                ],
+                cwd=REPO,
+                env=ENV,
+                stdout=out,
+                stderr=err,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with open(self.log, "rb") as f:
+                f.seek(offset)
+                for line in f:
+                    event: dict[str, Any] = json.loads(line)
+                    if event.get("event") == "ready":
+                        self.info = event
+                        return event
+            assert self.proc.poll() is None, (self.home / "run.err").read_text()
+            await asyncio.sleep(0.05)
+        raise AssertionError("node did not become ready")
+
+    @property
+    def peer_id(self) -> str:
+        return str(self.info["peer_id"])
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+    def events(self) -> list[dict[str, Any]]:
+        with open(self.log, "rb") as f:
+            return [json.loads(line) for line in f]
+
+    async def call(self, op: str, **args: Any) -> dict[str, Any]:
+        return await control.call(self.home, op, args)
+
+
+def make_home(tmp_path: Path, name: str) -> Path:
+    home = tmp_path / name
+    cli(home, "init", "--name", name)
+    return home
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[list[Any]]:
+    """Collects node/server processes and kills whatever is still running at the end."""
+    started: list[Any] = []
+    try:
+        yield started
+    finally:
+        for process in started:
+            if process.proc is not None and process.proc.poll() is None:
+                process.proc.kill()
+                process.proc.wait(timeout=30)
+
+
+async def wait_for(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate() if asyncio.iscoroutinefunction(predicate) else predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def history(home: Path, peer: str, limit: int = 500) -> list[dict[str, Any]]:
+    """Whole (up to ``limit``) conversation, oldest first, read offline or via the node."""
+    out: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        args = ["history", peer, "--limit", str(min(limit, 500))]
+        page = cli_json(home, *args, *(["--before", cursor] if cursor else []))
+        out += page["messages"]
+        cursor = page["next"]
+        if cursor is None:
+            return list(reversed(out))
+
+
+class RendezvousProcess:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.address = ""
+
+    async def start(self) -> str:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "--json",
+                "rendezvous",
+                "serve",
+                "--data",
+                str(self.directory),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), 30)
+        self.address = json.loads(line)["address"]
+        return self.address
+
+
+@contextlib.asynccontextmanager
+async def rendezvous(tmp_path: Path) -> AsyncIterator[RendezvousProcess]:
+    server = RendezvousProcess(tmp_path / "rv")
+    try:
+        await server.start()
+        yield server
+    finally:
+        if server.proc is not None:
+            server.proc.kill()
+            server.proc.wait(timeout=30)
+            if server.proc.stdout is not None:
+                server.proc.stdout.close()
+
+
+# --------------------------------------------------------------------------- tests
+
+
+async def test_two_nodes_find_each_other_by_mdns_and_chat_both_ways(tmp_path: Path) -> None:
+    alice_home, bob_home = make_home(tmp_path, "alice"), make_home(tmp_path, "bob")
+    lan = ("--listen", "127.0.0.1:0", "--mdns-interface", "127.0.0.1")
+    with processes() as started:
+        alice, bob = NodeProcess(alice_home, *lan), NodeProcess(bob_home, *lan)
+        started += [alice, bob]
+        await alice.start()
+        await bob.start()
+        cli(alice_home, "contacts", "add", bob.peer_id, "--name", "bob")
+        cli(bob_home, "contacts", "add", alice.peer_id, "--name", "alice")
+        sent = cli_json(alice_home, "send", "bob", "hello bob 👋")
+        assert sent["state"] == "queued" and len(sent["id"]) == 32
+        reply = cli_json(bob_home, "send", "alice", "hi alice")
+
+        def delivered(home: Path, peer: str, message_id: str) -> bool:
+            return any(
+                m["id"] == message_id and m["state"] in ("delivered", "read")
+                for m in history(home, peer)
+            )
+
+        await wait_for(lambda: delivered(alice_home, "bob", sent["id"]), "alice -> bob")
+        await wait_for(lambda: delivered(bob_home, "alice", reply["id"]), "bob -> alice")
+        texts = [m["text"] for m in history(bob_home, "alice")]
+        assert texts == ["hello bob 👋", "hi alice"]
+        status = cli_json(alice_home, "status")
+        assert bob.peer_id in status["connected"]
+        assert any(e["event"] == "discovered" for e in alice.events())
+        assert alice.stop() == 0 and bob.stop() == 0
+
+
+async def test_mailbox_delivers_100_messages_exactly_once_in_order(tmp_path: Path) -> None:
+    alice_home, bob_home = make_home(tmp_path, "alice"), make_home(tmp_path, "bob")
+    async with rendezvous(tmp_path) as server:
+        flags = ("--listen", "127.0.0.1:0", "--no-mdns", "--rendezvous", server.address)
+        with processes() as started:
+            bob = NodeProcess(bob_home, *flags)
+            alice = NodeProcess(alice_home, *flags)
+            started += [alice, bob]
+            await bob.start()
+            invite = cli_json(bob_home, "invite")["invite"]
+            assert bob.stop() == 0
+            cli(bob_home, "policy", "allow")  # offline: straight to the store
+            await alice.start()
+            cli(alice_home, "contacts", "add", invite, "--name", "bob")
+            ids = [(await alice.call("send", to="bob", text=f"m{i:03d}"))["id"] for i in range(100)]
+
+            async def all_stored() -> bool:
+                page = await alice.call("history", peer="bob", limit=100)
+                return all(m["state"] == "stored" for m in page["messages"])
+
+            await wait_for(all_stored, "100 messages in the mailbox")
+            await bob.start()
+
+            async def all_delivered() -> bool:
+                page = await alice.call("history", peer="bob", limit=100)
+                return all(m["state"] == "delivered" for m in page["messages"])
+
+            await wait_for(all_delivered, "100 receipts")
+            received = history(bob_home, alice.peer_id)
+            assert [m["id"] for m in received] == ids
+            assert [m["text"] for m in received] == [f"m{i:03d}" for i in range(100)]
+            assert alice.stop() == 0 and bob.stop() == 0
