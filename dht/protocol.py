@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -35,6 +35,7 @@ NODE_ID_SIZE = 20
 _MSG_ID_SIZE = 20
 _MAX_DATAGRAM = 8192 + 64
 _CLIENT_ID = b""
+_WELCOMED = 4096
 
 RpcResult = tuple[bool, Any]
 """What rpcudp futures resolve to: ``(answered, payload)``."""
@@ -79,6 +80,7 @@ class HardenedProtocol(KademliaProtocol):  # type: ignore[misc]
         self.storage: ValidatedStorage = storage
         self._tasks: set[asyncio.Task[Any]] = set()
         self.dropped: Counter[str] = Counter()
+        self._welcomed: OrderedDict[bytes, None] = OrderedDict()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -188,9 +190,21 @@ class HardenedProtocol(KademliaProtocol):  # type: ignore[misc]
         return {"value": value} if self._admit(sender, nodeid) else None
 
     def welcome_if_new(self, node: Node) -> None:
-        """Add a contact; hand it the values it is now among the closest to (keys hashed once)."""
+        """Add a contact; hand it the values it is now among the closest to (keys hashed once).
+
+        Upstream re-runs this for every message from a contact whose bucket is full (it stays
+        "new"), costing a neighbour search per stored key each time: we welcome a node id at
+        most once while it is among the last :data:`_WELCOMED` we welcomed.
+        """
         if not self.router.is_new_node(node):
             return
+        if node.id in self._welcomed:
+            self._welcomed.move_to_end(node.id)
+            self.router.add_contact(node)
+            return
+        self._welcomed[node.id] = None
+        if len(self._welcomed) > _WELCOMED:
+            self._welcomed.popitem(last=False)
         for key, value in self.storage:
             keynode = Node(key)
             neighbors = self.router.find_neighbors(keynode)

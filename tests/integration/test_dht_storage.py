@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from dht.node import DhtConfig
+from dht.node import DhtConfig, node_id_for
 from dht.storage import LOCAL_SOURCE, StorageLimits, ValidatedStorage
 from dht.swarm import LocalSwarm
 from dht.values import Accepted, PeerRecordValidator
@@ -126,3 +126,11 @@ async def test_republish_of_an_old_value_never_rolls_back() -> None:
         assert all(n.storage.get(dkey) == new for n in had_new)
         # And a lookup by the laggard returns the newest, then repairs its own copy.
         assert await laggard.get(dkey) == new
+
+
+def test_node_id_is_derived_from_the_identity_not_the_raw_key() -> None:
+    identity = Identity.generate()
+    node_id = node_id_for(identity.peer_id)
+    assert len(node_id) == 20 and node_id == node_id_for(identity.peer_id)
+    assert node_id not in identity.peer_id.key
+    assert node_id != discovery_key(identity.peer_id)[:20]
