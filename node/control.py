@@ -217,6 +217,8 @@ async def _block(api: Api, args: Args) -> Result:
     target = await _peer(api, args)
     blocked = _bool(args, "blocked")
     await api.contacts.set_blocked(target.peer_id, blocked, now=api.clock())
+    if api.node is not None:
+        await api.node.refresh_blocked()
     return {"peer": target.peer_id.text(), "blocked": blocked}
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from node import envelope, prekeys, records, session, wire
+from node.channel import CloseCode
 from node.config import TransportConfig
 from node.connection import Connection
 from node.contacts import Contacts
@@ -144,6 +145,7 @@ class Node:
         self._receipts: dict[tuple[PeerId, ReceiptKind], list[bytes]] = {}
         self._receipt_wake = asyncio.Event()
         self._dial_failed: dict[PeerId, float] = {}
+        self._blocked: set[PeerId] = set()
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._group: asyncio.TaskGroup | None = None
@@ -174,6 +176,7 @@ class Node:
         self._prekeys = state
         for entry in await self.history.outbox_entries():
             self._outbox.add(entry)
+        await self.refresh_blocked()
         self.transport.set_handler(self._on_frame)
         self.transport.on_connection(self._on_connection)
         await self.transport.start(*self.config.listen)
@@ -271,9 +274,20 @@ class Node:
             self._outbox.peer_reachable(record.peer_id.key, self.clock())
             self._wake.set()
 
+    async def refresh_blocked(self) -> None:
+        """Reload the blocked set (checked synchronously before any work for a peer)."""
+        self._blocked = {c.peer_id for c in await self.contacts.list() if c.blocked}
+        for peer in self._blocked:
+            conn = self.transport.connection(peer)
+            if conn is not None:
+                conn.abort(CloseCode.NORMAL, "closed")
+
     def _on_connection(self, conn: Connection) -> None:
         peer = conn.peer_id
         assert peer is not None
+        if peer in self._blocked:
+            conn.abort(CloseCode.NORMAL, "closed")
+            return
         self._dial_failed.pop(peer, None)
         self.emit("connected", peer=peer.text())
         self._outbox.peer_reachable(peer.key, self.clock())
@@ -535,6 +549,8 @@ class Node:
     async def _on_frame(self, conn: Connection, message: wire.Message) -> wire.Message | None:
         peer = conn.peer_id
         assert peer is not None
+        if peer in self._blocked:
+            return None
         if isinstance(message, Deliver):
             await self._receive(peer, message)
         elif isinstance(message, Receipt):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -136,7 +137,9 @@ def processes() -> Iterator[list[Any]]:
 async def wait_for(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = await predicate() if asyncio.iscoroutinefunction(predicate) else predicate()
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         await asyncio.sleep(0.2)
@@ -266,3 +269,95 @@ async def test_mailbox_delivers_100_messages_exactly_once_in_order(tmp_path: Pat
             assert [m["id"] for m in received] == ids
             assert [m["text"] for m in received] == [f"m{i:03d}" for i in range(100)]
             assert alice.stop() == 0 and bob.stop() == 0
+
+
+async def test_policies_and_block_from_both_sides(tmp_path: Path) -> None:
+    homes = {name: make_home(tmp_path, name) for name in ("bob", "carol", "dave", "erin", "frank")}
+    flags = ("--listen", "127.0.0.1:0", "--no-mdns")
+    with processes() as started:
+        nodes = {name: NodeProcess(home, *flags) for name, home in homes.items()}
+        started.extend(nodes.values())
+        for node in nodes.values():
+            await node.start()
+        bob = nodes["bob"]
+        invite = cli_json(homes["bob"], "invite")["invite"]
+        cli(homes["bob"], "contacts", "block", nodes["frank"].peer_id)
+
+        async def state_of(name: str, message_id: str) -> str:
+            page = await nodes[name].call("history", peer=bob.peer_id, limit=10)
+            return str(next(m["state"] for m in page["messages"] if m["id"] == message_id))
+
+        async def send(name: str, text: str) -> str:
+            return str((await nodes[name].call("send", to=invite, text=text))["id"])
+
+        # deny: the stranger is told; nothing is stored at bob.
+        cli(homes["bob"], "policy", "deny")
+        refused = await send("carol", "let me in")
+        await wait_for(lambda: _is(state_of("carol", refused), "failed"), "refusal")
+        page = await nodes["carol"].call("history", peer=bob.peer_id)
+        assert page["messages"][0].get("reason") == "refused"
+        assert cli_json(homes["bob"], "history", nodes["carol"].peer_id)["messages"] == []
+
+        # confirm: a request, nothing shown until accepted.
+        cli(homes["bob"], "policy", "confirm")
+        first = await send("dave", "hi, it's dave")
+        second = await send("dave", "are you there?")
+        await wait_for(lambda: _is(state_of("dave", second), "delivered"), "request stored")
+        assert await state_of("dave", first) == "delivered"
+        requests = cli_json(homes["bob"], "requests", "list")["requests"]
+        assert [(r["peer"], r["count"]) for r in requests] == [(nodes["dave"].peer_id, 2)]
+        shown = [e for e in bob.events() if e.get("peer") == nodes["dave"].peer_id]
+        assert [e["event"] for e in shown if e["event"] in ("request", "message")] == ["request"]
+        cli(homes["bob"], "requests", "accept", nodes["dave"].peer_id)
+        await send("dave", "thanks")
+        await wait_for(
+            lambda: any(
+                e.get("text") == "thanks" and e["event"] == "message" for e in bob.events()
+            ),
+            "accepted chat",
+        )
+
+        # allow: straight into a chat.
+        cli(homes["bob"], "policy", "allow")
+        await send("erin", "hello from erin")
+        await wait_for(
+            lambda: any(e.get("text") == "hello from erin" for e in bob.events()), "allowed chat"
+        )
+
+        # block: dropped silently; frank's message never gets a receipt or a refusal.
+        blocked = await send("frank", "psst")
+        await asyncio.sleep(3.0)
+        assert await state_of("frank", blocked) in ("queued", "sent")  # retried, never answered
+        assert not [e for e in bob.events() if e.get("peer") == nodes["frank"].peer_id]
+        assert cli_json(homes["bob"], "history", nodes["frank"].peer_id)["messages"] == []
+        for node in nodes.values():
+            assert node.stop() == 0
+
+
+async def _is(value: Any, expected: str) -> bool:
+    return bool(await value == expected)
+
+
+def test_bad_input_is_one_line_nonzero_and_queues_nothing(tmp_path: Path) -> None:
+    home = make_home(tmp_path, "alice")
+    peer = cli_json(make_home(tmp_path, "bob"), "id")["peer_id"]
+    cli(home, "contacts", "add", peer, "--name", "bob")
+    cli(home, "contacts", "block", "bob")
+    for args in [
+        ("send", "nobody", "hi"),
+        ("send", "bob", "hi"),  # blocked
+        ("send", peer, ""),
+        ("send", peer, "x" * 9000),
+        ("send", "peerline://invite/notaninvite", "hi"),
+        ("send", peer[:-1] + ("a" if peer[-1] != "a" else "b"), "hi"),
+        ("history", "bob", "--limit", "0"),
+    ]:
+        done = cli(home, *args, check=False)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
+    assert cli(home, "status", check=False).returncode == 3
+    cli(home, "contacts", "unblock", "bob")
+    assert cli_json(home, "history", "bob")["messages"] == []
+    queued = cli_json(home, "send", "bob", "queued while offline")
+    assert queued["state"] == "queued"
+    assert [m["state"] for m in cli_json(home, "history", "bob")["messages"]] == ["queued"]
