@@ -138,7 +138,7 @@ async def _mdns_first_authenticated() -> float:
             ),
         )
         resolver = Resolver([alice_mdns])
-        while not alice_mdns.peers():
+        while bob.peer_id not in {r.peer_id for r in alice_mdns.peers()}:
             await asyncio.sleep(0.01)
         await dial_any(alice_t, bob.peer_id, resolver)
         return time.perf_counter() - started

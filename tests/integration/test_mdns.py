@@ -17,7 +17,7 @@ from node.errors import AuthenticationError
 from node.identity import Identity
 from node.lookup import Resolver, dial_any
 from node.mdns import SERVICE_TYPE, MdnsDiscovery, pack_txt
-from node.records import sign_record, validate
+from node.records import PeerRecord, sign_record, validate
 from node.transport import Transport
 
 pytestmark = pytest.mark.integration
@@ -38,6 +38,11 @@ async def wait_until(predicate: Callable[[], object], timeout: float = 8.0) -> N
         await asyncio.sleep(0.05)
 
 
+def seen(discovery: MdnsDiscovery, peer: Identity) -> PeerRecord | None:
+    """The cached record of ``peer`` (other tests on this host may advertise too)."""
+    return next((r for r in discovery.peers() if r.peer_id == peer.peer_id), None)
+
+
 @pytest.fixture
 async def hostile() -> AsyncIterator[AsyncZeroconf]:
     zc = AsyncZeroconf(interfaces=LOOPBACK)
@@ -53,7 +58,7 @@ async def advertise_raw(zc: AsyncZeroconf, name: str, properties: dict[str, byte
         f"{name}.{SERVICE_TYPE}",
         port=4999,
         properties=properties,
-        server="evil.local.",
+        server=f"{name}.local.",
         parsed_addresses=["127.0.0.1"],
     )
     await (await zc.async_register_service(info))
@@ -71,18 +76,18 @@ async def test_two_nodes_find_each_other_and_updates_win() -> None:
             a.advertise(validate(signed(alice, 4001), time.time()), 4001),
             b.advertise(validate(signed(bob, 4002), time.time()), 4002),
         )
-        await wait_until(lambda: a.peers() and b.peers())
-        assert [r.peer_id for r in a.peers()] == [bob.peer_id]
-        assert [r.peer_id for r in b.peers()] == [alice.peer_id]
+        await wait_until(lambda: seen(a, bob) and seen(b, alice))
+        assert seen(a, alice) is None and seen(b, bob) is None  # never ourselves
         assert time.monotonic() - started < 8
         # A newer record (new address) replaces the cached one.
         await b.advertise(validate(signed(bob, 4012, seq=2), time.time()), 4012)
-        await wait_until(lambda: a.peers()[0].seq == 2)
+        await wait_until(lambda: getattr(seen(a, bob), "seq", 0) == 2)
         assert (await a.lookup(bob.peer_id))[0].addresses == [("127.0.0.1", 4012)]
 
 
 async def test_spoofed_advertisements_are_refused(hostile: AsyncZeroconf) -> None:
     bob, mallory = Identity.generate(), Identity.generate()
+    tag = bob.peer_id.text()[2:10]  # unique names: other tests on this host may be browsing
 
     async with (
         MdnsDiscovery(interfaces=LOOPBACK) as observer,
@@ -96,12 +101,12 @@ async def test_spoofed_advertisements_are_refused(hostile: AsyncZeroconf) -> Non
         await asyncio.gather(
             real.advertise(genuine, 4002),
             # Mallory's record with Bob's id, under Bob-ish names: refused.
-            advertise_raw(hostile, "evil-one", forged_txt),
+            advertise_raw(hostile, f"evil-one-{tag}", forged_txt),
             advertise_raw(hostile, mallory.peer_id.text(), wrong_name),
-            advertise_raw(hostile, "evil-three", garbage_txt),
+            advertise_raw(hostile, f"evil-three-{tag}", garbage_txt),
         )
-        await wait_until(lambda: sum(observer.refused.values()) >= 3 and observer.peers())
-        await wait_until(lambda: {r.peer_id for r in observer.peers()} == {bob.peer_id})
+        await wait_until(lambda: sum(observer.refused.values()) >= 3 and seen(observer, bob))
+        assert seen(observer, mallory) is None
         assert observer.refused["record.wrong_peer"] >= 2
         assert observer.refused["record.malformed"] >= 1
         assert await observer.lookup(bob.peer_id) == [genuine]
@@ -131,12 +136,12 @@ async def test_record_pointing_at_an_impostor_ends_in_a_refused_handshake() -> N
         # Bob's (stale) record names an address where Mallory now listens.
         stale = validate(signed(bob, mallory_t.address[1]), time.time())
         await bob_mdns.advertise(stale, mallory_t.address[1])
-        await wait_until(alice_mdns.peers)
+        await wait_until(lambda: seen(alice_mdns, bob))
         with pytest.raises(AuthenticationError):
             await dial_any(alice_t, bob.peer_id, resolver)
         # Bob republishes with his real address: the same lookup now reaches him.
         fresh = validate(signed(bob, bob_t.address[1], seq=2), time.time())
         await bob_mdns.advertise(fresh, bob_t.address[1])
-        await wait_until(lambda: alice_mdns.peers()[0].seq == 2)
+        await wait_until(lambda: getattr(seen(alice_mdns, bob), "seq", 0) == 2)
         conn = await dial_any(alice_t, bob.peer_id, resolver)
         assert conn.peer_id == bob.peer_id
