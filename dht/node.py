@@ -32,12 +32,13 @@ from dht.protocol import NODE_ID_SIZE, HardenedProtocol
 from dht.storage import LOCAL_SOURCE, StorageLimits, ValidatedStorage
 from dht.values import Accepted, Validator, newer
 from node.crypto import blake2b, random_bytes
-from node.errors import LocalProtocolError, RemoteProtocolError
+from node.errors import DiscoveryError, LocalProtocolError, PeerlineError, RemoteProtocolError
 from node.identity import PeerId
 
 __all__ = ["DhtConfig", "DhtNode", "node_id_for"]
 
 _NODE_ID_PERSON = b"peerline/dht-nid"
+_log = logging.getLogger(__name__)
 _LIBRARY_LOGGERS = ("kademlia", "rpcudp")
 
 
@@ -153,16 +154,21 @@ class DhtNode:
             logging.getLogger(name).setLevel(logging.CRITICAL)
         config = self.config
         loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_datagram_endpoint(
-            lambda: HardenedProtocol(
-                self.node,
-                self.storage,
-                config.ksize,
-                rpc_timeout=config.rpc_timeout,
-                client_only=config.client_only,
-            ),
-            local_addr=(config.host, config.port),
-        )
+        try:
+            _, protocol = await loop.create_datagram_endpoint(
+                lambda: HardenedProtocol(
+                    self.node,
+                    self.storage,
+                    config.ksize,
+                    rpc_timeout=config.rpc_timeout,
+                    client_only=config.client_only,
+                ),
+                local_addr=(config.host, config.port),
+            )
+        except OSError as exc:
+            raise DiscoveryError(
+                f"DHT cannot bind {config.host}:{config.port}: {exc.strerror}"
+            ) from None
         self._protocol = protocol
         if config.bootstrap:
             await self.bootstrap(config.bootstrap)
@@ -241,7 +247,10 @@ class DhtNode:
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(self.config.refresh_interval)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except (PeerlineError, OSError) as exc:  # keep refreshing next time
+                _log.warning("DHT refresh failed: %s", exc)
 
     async def refresh(self) -> None:
         """Refresh lonely buckets, then republish values not re-confirmed for a while."""

@@ -14,6 +14,7 @@ from dht.node import DhtConfig, DhtNode
 from dht.swarm import LocalSwarm
 from dht.values import PeerRecordValidator
 from node import records, wire
+from node.errors import DiscoveryError
 from node.identity import Identity
 from node.records import discovery_key, sign_record
 
@@ -154,3 +155,10 @@ async def test_dead_bootstrap_address_does_not_block_start() -> None:
     async with DhtNode(config, PeerRecordValidator()) as node:
         assert node.address[0] == "127.0.0.1"
         assert await node.get(b"\x00" * 20) is None
+
+
+async def test_port_in_use_is_a_discovery_error() -> None:
+    async with DhtNode(dataclasses.replace(CONFIG, host="127.0.0.1"), PeerRecordValidator()) as a:
+        taken = dataclasses.replace(CONFIG, host="127.0.0.1", port=a.address[1])
+        with pytest.raises(DiscoveryError):
+            await DhtNode(taken, PeerRecordValidator()).start()
