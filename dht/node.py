@@ -91,6 +91,9 @@ class _BestValueCrawl(SpiderCrawl):  # type: ignore[misc]
         self.nearest.remove(unreachable)
         if self.nearest.have_contacted_all():
             return self.best
+        if self.best is not None:
+            # The value's neighbourhood is found: ask the rest of the closest in one round.
+            self.alpha = self.ksize
         return await self.find()
 
     def _consider(self, peer_id: bytes, value: bytes) -> None:
