@@ -16,7 +16,8 @@ from dht.values import PeerRecordValidator
 from node import records, wire
 from node.errors import DiscoveryError
 from node.identity import Identity
-from node.records import discovery_key, sign_record
+from node.lookup import DhtLookup, Resolver
+from node.records import RecordPublisher, discovery_key, sign_record
 
 pytestmark = pytest.mark.integration
 
@@ -162,3 +163,21 @@ async def test_port_in_use_is_a_discovery_error() -> None:
         taken = dataclasses.replace(CONFIG, host="127.0.0.1", port=a.address[1])
         with pytest.raises(DiscoveryError):
             await DhtNode(taken, PeerRecordValidator()).start()
+
+
+async def test_resolver_over_the_dht_publishes_and_resolves_peer_records() -> None:
+    alice = Identity.generate()
+    publisher = RecordPublisher(alice, addresses=[("127.0.0.1", 4433)])
+    async with LocalSwarm(8, PeerRecordValidator(), config=CONFIG) as swarm:
+        first = publisher.handle_timer(time.time())
+        assert first is not None
+        assert await DhtLookup(swarm.nodes[0]).publish(first) >= 4
+        resolver = Resolver([DhtLookup(swarm.nodes[5])])
+        assert await resolver.resolve(alice.peer_id) == [first]
+        publisher.update(addresses=[("127.0.0.1", 4434)])
+        second = publisher.handle_timer(time.time())
+        assert second is not None
+        assert await DhtLookup(swarm.nodes[1]).publish(second) >= 4
+        assert await resolver.resolve(alice.peer_id) == [first]  # cached until it expires
+        assert (await resolver.resolve(alice.peer_id, refresh=True))[0] == second
+        assert await resolver.resolve(Identity.generate().peer_id) == []

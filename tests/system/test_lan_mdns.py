@@ -18,7 +18,7 @@ from subprocess import Popen
 
 import pytest
 
-from tests.system.netlab import NetLab
+from tests.system.netlab import NetLab, run_ip
 
 pytestmark = pytest.mark.system
 
@@ -44,6 +44,9 @@ def pump(
 
 def test_three_nodes_on_a_lan_find_and_authenticate_each_other(lab: NetLab) -> None:
     hosts = [lab.add_host(f"n{i}") for i in range(NODES)]
+    for host in hosts:  # no way out of the lab: only the lab subnet is routable
+        routes = run_ip("-n", host.namespace, "route", "show").splitlines()
+        assert routes and all(r.startswith(f"{lab.subnet}.0/24 ") for r in routes), routes
     lines: queue.Queue[tuple[str, float, dict[str, object]]] = queue.Queue()
     started = time.monotonic()
     for host in hosts:
