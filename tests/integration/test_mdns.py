@@ -71,14 +71,12 @@ async def test_two_nodes_find_each_other_and_updates_win() -> None:
         MdnsDiscovery(interfaces=LOOPBACK) as a,
         MdnsDiscovery(interfaces=LOOPBACK) as b,
     ):
-        started = time.monotonic()
         await asyncio.gather(
             a.advertise(validate(signed(alice, 4001), time.time()), 4001),
             b.advertise(validate(signed(bob, 4002), time.time()), 4002),
         )
         await wait_until(lambda: seen(a, bob) and seen(b, alice))
         assert seen(a, alice) is None and seen(b, bob) is None  # never ourselves
-        assert time.monotonic() - started < 8
         # A newer record (new address) replaces the cached one.
         await b.advertise(validate(signed(bob, 4012, seq=2), time.time()), 4012)
         await wait_until(lambda: getattr(seen(a, bob), "seq", 0) == 2)
