@@ -86,8 +86,8 @@ async def _echo(directory: Path) -> None:
         if isinstance(message, p.Fetch):
             reply = cache.get(message.limit)
             if reply is None:
-                reply = cache[message.limit] = p.Envelopes([item] * message.limit, 0)
-            return reply
+                reply = cache[message.limit] = p.Envelopes([item] * message.limit, 0, 0)
+            return p.Envelopes(reply.items, 0, len(message.ack))
         if isinstance(message, p.Ack):
             return p.Acked(len(message.ids), 0)
         if isinstance(message, p.Deposit):  # the real ids: clients check them

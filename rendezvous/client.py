@@ -202,21 +202,24 @@ class RendezvousClient:
         """Fetch, store (via ``store``) and ack everything waiting; returns how many were acked."""
         self._wake.clear()
         total = 0
+        stored: list[bytes] = []
         while True:
-            fetched = await self._ask(p.Fetch(self.mailbox, [], batch), p.Envelopes)
-            if not fetched.items:
-                return total
-            stored: list[bytes] = []
+            fetched = await self._ask(p.Fetch(self.mailbox, [], batch, stored), p.Envelopes)
+            total += fetched.deleted
+            stored = []
             try:
                 for item in fetched.items:
                     await store(item.envelope_id, item.envelope)
                     stored.append(item.envelope_id)
-            finally:
-                if stored:
-                    acked = await self._ask(p.Ack(self.mailbox, stored), p.Acked)
-                    total += acked.deleted
-            if fetched.remaining == 0:
-                return total
+            except BaseException:
+                if stored:  # ack what is safely stored, then report the failure
+                    await self._ask(p.Ack(self.mailbox, stored), p.Acked)
+                raise
+            if not fetched.items or fetched.remaining == 0:
+                break
+        if stored:
+            total += (await self._ask(p.Ack(self.mailbox, stored), p.Acked)).deleted
+        return total
 
     # ------------------------------------------------------------------ directory
 

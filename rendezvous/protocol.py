@@ -245,11 +245,13 @@ class Listing(wire.Message):
 @wire.frame(0x3B)
 @dataclass(frozen=True, slots=True)
 class Fetch(wire.Message):
-    """Fetch ``ids`` (of our mailbox), or when ``ids`` is empty the ``limit`` oldest."""
+    """First delete ``ack`` (envelopes of our mailbox we stored), then fetch ``ids``, or when
+    ``ids`` is empty the ``limit`` oldest: a drain costs one request per batch."""
 
     mailbox: Annotated[bytes, _ID]
     ids: Annotated[list[bytes], wire.ListOf(_ID, max_items=MAX_BATCH)]
     limit: Annotated[int, wire.Int(min=1, max=MAX_BATCH)]
+    ack: Annotated[list[bytes], wire.ListOf(_ID, max_items=MAX_BATCH)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +268,7 @@ class Envelopes(wire.Message):
         list[EnvelopeItem], wire.ListOf(wire.Nested(EnvelopeItem), max_items=MAX_BATCH)
     ]
     remaining: Annotated[int, wire.Int()]
+    deleted: Annotated[int, wire.Int(max=MAX_BATCH)]
 
 
 @wire.frame(0x3D)

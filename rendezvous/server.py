@@ -449,6 +449,7 @@ class RendezvousService:
         refusal = self._owner_check(session, message.mailbox)
         if refusal is not None:
             return refusal
+        deleted = await self._delete(session, message.ack)
         entries = self._select(session.mailbox, message.ids, message.limit)
         data = await db.read_envelopes(
             self.store, session.mailbox, [e.envelope_id for e in entries]
@@ -459,7 +460,7 @@ class RendezvousService:
             if e.envelope_id in data
         ]
         remaining = self.book.usage(session.mailbox)[0] - len(items)
-        return p.Envelopes(items, max(0, remaining))
+        return p.Envelopes(items, max(0, remaining), deleted)
 
     def _select(self, mailbox: bytes, ids: list[bytes], limit: int) -> list[StoredEnvelope]:
         if not ids:
@@ -480,18 +481,25 @@ class RendezvousService:
         refusal = self._owner_check(session, message.mailbox)
         if refusal is not None:
             return refusal
+        deleted = await self._delete(session, message.ids)
+        return p.Acked(deleted, self.book.usage(session.mailbox)[0])
+
+    async def _delete(self, session: _Session, ids: list[bytes]) -> int:
+        """Delete the acked envelopes that belong to the session's own mailbox (others are
+        ignored); the index forgets them only once the rows are gone."""
         owned = [
             envelope_id
-            for envelope_id in dict.fromkeys(message.ids)
+            for envelope_id in dict.fromkeys(ids)
             if (entry := self.book.get(envelope_id)) is not None
             and entry.mailbox_id == session.mailbox
         ]
-        if owned:
-            await self.store.write(db.delete_envelopes(owned))
+        if not owned:
+            return 0
+        await self.store.write(db.delete_envelopes(owned))
         removed = self.book.remove(session.mailbox, owned)
         self.metrics.drained.inc(len(removed))
         self._update_gauges()
-        return p.Acked(len(removed), self.book.usage(session.mailbox)[0])
+        return len(removed)
 
     # ------------------------------------------------------------------ directory
 
