@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from node import envelope, records, wire
 from node.crypto import random_bytes
@@ -345,3 +349,63 @@ async def test_batched_deposit_has_one_outcome_per_envelope(harness: Make) -> No
     items = reply.receipt.body.items
     assert [i.envelope_id for i in items] == [envelope.envelope_id(d) for d in (good, good, last)]
     assert await h.service.store.fetch_one("SELECT count(*) FROM envelopes") == (2,)
+
+
+# --------------------------------------------------------------------------- any request
+
+
+def strategy_for(spec: wire.Spec[Any]) -> st.SearchStrategy[Any]:
+    """Values that pass a wire spec (so the request decodes and reaches the service)."""
+    if isinstance(spec, wire.Bytes):
+        high = min(spec.max or 0, 600)
+        return st.binary(min_size=spec.min, max_size=max(spec.min, high))
+    if isinstance(spec, wire.Str):
+        return st.text(min_size=spec.min, max_size=min(spec.max, 40))
+    if isinstance(spec, wire.Int):
+        return st.integers(spec.min, spec.max)
+    if isinstance(spec, wire.Float):
+        return st.floats(spec.min, spec.max, allow_nan=False)
+    if isinstance(spec, wire.Bool):
+        return st.booleans()
+    if isinstance(spec, wire.Maybe):
+        return st.none() | strategy_for(spec.inner)
+    if isinstance(spec, wire.ListOf):
+        return st.lists(strategy_for(spec.inner), max_size=min(spec.max_items, 4))
+    assert isinstance(spec, wire.Nested)
+    return message_strategy(spec.cls)
+
+
+def message_strategy(cls: type[wire.Message]) -> st.SearchStrategy[Any]:
+    fields = [strategy_for(spec) for _, spec in cls._compiled()]
+    return st.tuples(*fields).map(lambda args: cls(*args))
+
+
+ANY_FRAME = st.one_of(
+    *(
+        message_strategy(cls)
+        for type_id, cls in wire.REGISTRY.types().items()
+        if 0x30 <= type_id <= 0x4F
+    )
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(ANY_FRAME, min_size=1, max_size=12))
+def test_any_well_typed_request_gets_a_reply_and_the_server_keeps_serving(
+    messages: list[wire.Message],
+) -> None:
+    async def scenario() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with db.open_db(Path(tmp)) as store:
+                service = RendezvousService(Identity.generate(), store)
+                async with service.run():
+                    h = Harness(service, Clock(), Path(tmp))
+                    alice, bob = Identity.generate(), Identity.generate()
+                    evil, good = h.connect(alice), h.connect(bob)
+                    for message in messages:
+                        reply = await h.ask(evil, message)
+                        assert reply.type_id >= 0
+                    stored = await deposit(h, good, alice.peer_id, b"still served")
+                    assert isinstance(stored, p.Receipt)
+
+    asyncio.run(scenario())
