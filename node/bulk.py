@@ -164,12 +164,17 @@ class BulkStream:
         frames = decoder.feed(data)
         self._recv.received(len(data))
         self._carry += before + len(data) - decoder.buffered
-        if frames:
-            shares = [self._carry // len(frames)] * len(frames)
-            shares[-1] += self._carry - sum(shares)
+        queued = len(self._chunks)
+        for frame in frames:
+            self._receive_frame(frame)
+        if len(self._chunks) > queued:
+            # The bytes of completed frames are released when the last new chunk is read.
+            chunk, _ = self._chunks[-1]
+            self._chunks[-1] = (chunk, self._carry)
             self._carry = 0
-            for frame, share in zip(frames, shares, strict=True):
-                self._receive_frame(frame, share)
+        elif frames:
+            self._recv.release(self._carry)  # only header/credit frames: nothing is held
+            self._carry = 0
         if end:
             if decoder.buffered:
                 raise _Remote("bulk stream ended inside a frame", code="channel.protocol")
@@ -177,17 +182,15 @@ class BulkStream:
             self._check_done()
         self._readable.set()
 
-    def _receive_frame(self, frame: wire.Message, share: int) -> None:
+    def _receive_frame(self, frame: wire.Message) -> None:
         if self._on_header is not None:
             callback, self._on_header = self._on_header, None
             if frame.type_id < FIRST_APPLICATION_TYPE:
                 raise _Remote("bulk stream must start with a header", code="channel.protocol")
-            self._recv.release(share)
             callback(frame, self)
         elif isinstance(frame, BulkData):
-            self._chunks.append((frame.data, share))
+            self._chunks.append((frame.data, 0))
         elif isinstance(frame, Credit):
-            self._recv.release(share)
             if self._send.grant(frame.limit):
                 self._credited.set()
         else:

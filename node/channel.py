@@ -21,7 +21,8 @@ Every receiver must allow :data:`INITIAL_CREDIT` bytes before its first grant; e
 
 from __future__ import annotations
 
-from collections.abc import Container
+import re
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Annotated, NamedTuple
@@ -56,13 +57,13 @@ __all__ = [
     "RequestIds",
     "Response",
     "SendCredit",
-    "share_bytes",
 ]
 
 INITIAL_CREDIT = 64 * 1024
 MAX_REQUEST_ID = 2**32 - 1
 _MAX_OFFSET = 2**62
 _TLS_ALERTS = range(0x100, 0x200)  # QUIC CRYPTO_ERROR codes: TLS alert 0x00..0xff
+_ERROR_CODE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+){1,3}")
 
 
 @wire.frame(0x04)
@@ -169,9 +170,11 @@ class CloseInfo:
         """The error that operations pending on this connection raise."""
         if self.transport_error and self.code in _TLS_ALERTS:
             return AuthenticationError(f"TLS handshake failed: {self.reason}", code="auth.tls")
-        code, _, _ = self.reason.partition(":")
+        code, _, _ = self.reason[:64].partition(":")
         message = f"connection closed: {self.reason or 'no reason'}"
-        family = code.split(".", 1)[0] if "." in code and " " not in code else ""
+        if _ERROR_CODE.fullmatch(code) is None:  # the peer wrote this text: check its shape
+            code = ""
+        family = code.split(".", 1)[0]
         if self.code == CloseCode.TIMEOUT and not self.transport_error:
             return OperationTimeoutError(message, code=code or "timeout")
         if family == "auth":
@@ -188,23 +191,29 @@ def _violation(text: str) -> RemoteProtocolError:
 
 
 class IncomingDecoder:
-    """Pairs :class:`Request` headers with their bodies on a control stream."""
+    """Pairs :class:`Request` headers with their bodies on a control stream (after auth)."""
 
     def __init__(self) -> None:
         self._pending_id: int | None = None
 
-    def receive(self, frame: wire.Message) -> Incoming | None:
-        """The event ``frame`` completes, if any; a misplaced frame is a protocol violation."""
-        if isinstance(frame, Request):
-            if self._pending_id is not None:
-                raise _violation("two request headers in a row")
-            self._pending_id = frame.id
-            return None
-        if frame.type_id < FIRST_APPLICATION_TYPE:
-            raise _violation(f"{type(frame).__name__} is not allowed on a control stream")
-        event = Incoming(frame, self._pending_id)
-        self._pending_id = None
-        return event
+    def receive(self, frames: Sequence[wire.Message]) -> list[Incoming]:
+        """The events ``frames`` complete; a misplaced frame is a protocol violation.
+
+        A :class:`Goodbye` passes through as a one-way event (the connection acts on it once
+        everything before it was handled). Called per received chunk: this is a hot path.
+        """
+        events: list[Incoming] = []
+        for frame in frames:
+            if frame.type_id >= FIRST_APPLICATION_TYPE:
+                events.append(Incoming(frame, self._pending_id))
+                self._pending_id = None
+            elif isinstance(frame, Request) and self._pending_id is None:
+                self._pending_id = frame.id
+            elif isinstance(frame, Goodbye) and self._pending_id is None:
+                events.append(Incoming(frame, None))
+            else:
+                raise _violation(f"{type(frame).__name__} is misplaced on a control stream")
+        return events
 
 
 class ReplyDecoder:
@@ -229,14 +238,6 @@ class ReplyDecoder:
         if isinstance(frame, Credit | Goodbye):
             return frame
         raise _violation(f"{type(frame).__name__} is not allowed on a reply stream")
-
-
-def share_bytes(total: int, parts: int) -> list[int]:
-    """Split ``total`` bytes into ``parts`` non-negative integers that sum to ``total``."""
-    if parts <= 0:
-        return []
-    base, extra = divmod(total, parts)
-    return [base] * (parts - 1) + [base + extra]
 
 
 class SendCredit:

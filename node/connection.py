@@ -24,7 +24,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from node import wire
 from node.auth import Authenticated, DialerAuth, ListenerAuth
@@ -36,7 +36,6 @@ from node.channel import (
     Credit,
     Failure,
     Goodbye,
-    Incoming,
     IncomingDecoder,
     ReceiveCredit,
     Reply,
@@ -45,7 +44,6 @@ from node.channel import (
     RequestIds,
     Response,
     SendCredit,
-    share_bytes,
 )
 from node.config import TransportConfig
 from node.crypto import Rng
@@ -80,6 +78,14 @@ class Observer(Protocol):
     def authenticated(self, conn: Connection) -> None: ...
 
     def closed(self, conn: Connection) -> None: ...
+
+
+class _Pending(NamedTuple):
+    """One of our requests waiting for its response."""
+
+    future: asyncio.Future[wire.Message]
+    deadline: float
+    budget: float
 
 
 def _reason(error: PeerlineError) -> str:
@@ -128,11 +134,12 @@ class Connection:
         self._send_credit = SendCredit()
         self._recv_credit = ReceiveCredit(config.control_window)
         self._carry = 0
-        self._header_share = 0
-        self._inbox: deque[tuple[Incoming, int]] = deque()
+        self._inbox: deque[tuple[wire.Message, int | None, int]] = deque()
         self._wakeup = asyncio.Event()
         self._credit_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
-        self._pending: dict[int, asyncio.Future[wire.Message]] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_at: float | None = None
         self._ids = RequestIds()
         self._bulk: dict[int, BulkStream] = {}
         self._last_peer_stream = -1
@@ -170,15 +177,20 @@ class Connection:
     async def send(self, message: wire.Message, *, timeout: float | None = None) -> None:
         """Send a one-way frame; waits for credit (``OperationTimeoutError`` after ``timeout``)."""
         data = self._encode(message)
+        if not self._try_send(data):
+            await self._send_control(data, timeout)
+
+    def _try_send(self, data: bytes) -> bool:
+        """Send on the control stream now if credit allows and nobody waits before us."""
         if (
-            self.peer_id is not None
-            and not self._credit_waiters
-            and not self.closed.done()
-            and self._send_credit.consume(len(data))
-        ):  # fast path: no coroutine, no waiting
-            self._link.send(self._control_out, data)
-            return
-        await self._send_control(data, timeout)
+            self.peer_id is None
+            or self._credit_waiters
+            or self.closed.done()
+            or not self._send_credit.consume(len(data))
+        ):
+            return False
+        self._link.send(self._control_out, data)
+        return True
 
     async def request(self, message: wire.Message, *, timeout: float | None = None) -> wire.Message:
         """Send a request and wait for its response.
@@ -195,18 +207,37 @@ class Connection:
         budget = self._config.request_timeout if timeout is None else timeout
         request_id = self._ids.allocate(self._pending)
         future: asyncio.Future[wire.Message] = self._loop.create_future()
-        self._pending[request_id] = future
+        deadline = self._loop.time() + budget
+        self._pending[request_id] = _Pending(future, deadline, budget)
+        self._arm_sweep(deadline)
         try:
-            async with asyncio.timeout(budget):
-                data = wire.encode_frame(Request(request_id)) + self._encode(message)
-                await self._send_control(data, None)
-                return await future
-        except TimeoutError:
-            raise OperationTimeoutError(
-                f"no response within {budget:.3g} s", code="request.timeout"
-            ) from None
+            data = wire.encode_frame(Request(request_id)) + self._encode(message)
+            if not self._try_send(data):
+                await self._send_control(data, budget)
+            return await future
         finally:
-            self._pending.pop(request_id, None)
+            del self._pending[request_id]
+
+    def _arm_sweep(self, deadline: float) -> None:
+        """One timer per connection expires requests (not one per request: it is a hot path)."""
+        if self._sweep_at is None or deadline < self._sweep_at:
+            if self._sweep is not None:
+                self._sweep.cancel()
+            self._sweep = self._loop.call_at(deadline, self._expire_requests)
+            self._sweep_at = deadline
+
+    def _expire_requests(self) -> None:
+        self._sweep = self._sweep_at = None
+        now = self._loop.time()
+        for pending in self._pending.values():
+            if pending.deadline > now:
+                self._arm_sweep(pending.deadline)
+            elif not pending.future.done():
+                pending.future.set_exception(
+                    OperationTimeoutError(
+                        f"no response within {pending.budget:.3g} s", code="request.timeout"
+                    )
+                )
 
     async def open_bulk(self, header: wire.Message) -> BulkStream:
         """Open a bulk stream; ``header`` tells the peer's bulk handler what it carries."""
@@ -217,7 +248,7 @@ class Connection:
         return stream
 
     async def close(
-        self, code: int = CloseCode.NORMAL, reason: str = "transport.closed: closed by peer"
+        self, code: int = CloseCode.NORMAL, reason: str = "transport.closed: connection closed"
     ) -> None:
         """Graceful close: the peer handles every frame we sent before it, then both sides close.
 
@@ -333,44 +364,50 @@ class Connection:
     # ------------------------------------------------------------------ control stream
 
     def _on_control(self, data: bytes) -> None:
+        """Frames from the peer's control stream: auth first, then into the inbox.
+
+        Credit: every byte is charged on arrival; the bytes of a chunk are released when the
+        last message completed in it has been handled (the per-chunk granularity is enough).
+        """
         decoder = self._control_decoder
         before = decoder.buffered
         frames = decoder.feed(data)
         self._recv_credit.received(len(data))
         self._carry += before + len(data) - decoder.buffered
-        if not frames:
+        if self.peer_id is None:
+            frames = self._authenticate(frames)
+        if not frames or self.closed.done():
             return
-        shares = share_bytes(self._carry, len(frames))
-        self._carry = 0
-        for frame, share in zip(frames, shares, strict=True):
-            if self.closed.done():
-                return
-            if self.peer_id is None:
-                self._auth.receive_frame(frame, self._link.now())
-                self._recv_credit.release(share)
-                self._flush_auth()
-                continue
-            if isinstance(frame, Goodbye):
-                self._inbox.append((Incoming(frame, None), share))
-                continue
-            event = self._incoming.receive(frame)
-            if event is None:
-                self._header_share += share
-                continue
-            self._inbox.append((event, share + self._header_share))
-            self._header_share = 0
-        self._wakeup.set()
+        events = self._incoming.receive(frames)
+        if events:
+            inbox = self._inbox
+            for message, request_id in events[:-1]:
+                inbox.append((message, request_id, 0))
+            message, request_id = events[-1]
+            inbox.append((message, request_id, self._carry))
+            self._carry = 0
+            self._wakeup.set()
+
+    def _authenticate(self, frames: list[wire.Message]) -> list[wire.Message]:
+        """Feed frames to the auth machine until it is done; return the frames after that."""
+        for index, frame in enumerate(frames):
+            self._auth.receive_frame(frame, self._link.now())
+            self._flush_auth()
+            if self._auth.done:
+                return frames[index + 1 :]
+        return []
 
     async def _work(self) -> None:
+        """Handle inbound frames in order; credit goes back as they are done."""
         inbox = self._inbox
         while True:
-            while not inbox:
+            if not inbox:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            event, share = inbox.popleft()
-            message = event.message
-            if event.request_id is not None:
-                await self._answer(message, event.request_id)
+                continue
+            message, request_id, share = inbox.popleft()
+            if request_id is not None:
+                await self._answer(message, request_id)
             elif isinstance(message, Goodbye):
                 self._acknowledge_goodbye(message)
                 return
@@ -379,8 +416,9 @@ class Connection:
                     await self.handler(self, message)
                 except Exception:
                     log.exception("one-way handler failed for %r", self)
-            self._recv_credit.release(share)
-            self._grant_credit()
+            if share:
+                self._recv_credit.release(share)
+                self._grant_credit()  # a Credit goes out once a quarter of the window is free
 
     async def _answer(self, message: wire.Message, request_id: int) -> None:
         """Run the handler on a request and send its response or failure."""
@@ -434,13 +472,14 @@ class Connection:
                 self._resolve(event)
 
     def _resolve(self, reply: Reply) -> None:
-        future = self._pending.get(reply.id)
-        if future is None or future.done():
+        pending = self._pending.get(reply.id)
+        if pending is None or pending.future.done():
             return  # late reply of a timed-out request: dropped, costs nothing
         if reply.message is not None:
-            future.set_result(reply.message)
+            pending.future.set_result(reply.message)
         else:
-            future.set_exception(RequestFailedError(reply.error_message, code=reply.error_code))
+            error = RequestFailedError(reply.error_message, code=reply.error_code)
+            pending.future.set_exception(error)
 
     # ------------------------------------------------------------------ sending with credit
 
@@ -551,14 +590,16 @@ class Connection:
         if self.closed.done():
             return
         self._auth_timer.cancel()
+        if self._sweep is not None:
+            self._sweep.cancel()
         self.closed.set_result(info)
         error = info.error()
         if not self.ready.done():
             self.ready.set_exception(error)
             self.ready.exception()  # mark retrieved: nobody may be waiting
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(error)
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(error)
         for _, waiter in self._credit_waiters:
             if not waiter.done():
                 waiter.set_result(None)  # the sender re-checks and raises the close error

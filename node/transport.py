@@ -149,6 +149,7 @@ class _Link:
         return self._loop.time()
 
     def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        """Queue stream data; it leaves on the next loop iteration, batched with what follows."""
         try:
             self.quic.send_stream_data(stream_id, data, end_stream=end)
         except (ValueError, AssertionError) as exc:  # stream reset/finished by the peer
@@ -214,10 +215,13 @@ class _Link:
 
     def _handle_timer(self) -> None:
         now = max(self._timer_at or 0.0, self._loop.time())
-        self._timer = None
-        self._timer_at = None
-        self.quic.handle_timer(now=now)
-        self._process_events()
+        self._timer = self._timer_at = None
+        try:
+            self.quic.handle_timer(now=now)
+            self._process_events()
+        except Exception:
+            log.exception("QUIC connection failed on a timer")
+            self.close(CloseCode.INTERNAL, "transport.internal: timer processing failed")
         self.transmit()
 
     def _send_keepalive(self) -> None:
@@ -436,7 +440,16 @@ class Transport:
             task = self.loop.create_task(self._dial(peer, list(addresses)))
             self._dials[peer] = task
             task.add_done_callback(lambda _: self._dials.pop(peer, None))
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            caller_cancelled = current is not None and current.cancelling() > 0
+            if task.cancelled() and self._closing and not caller_cancelled:
+                raise DialError(
+                    "the transport closed during the dial", code="dial.cancelled"
+                ) from None
+            raise
 
     async def _dial(self, peer: PeerId, addresses: list[Address]) -> Connection:
         last: PeerlineError | None = None
@@ -568,9 +581,24 @@ class Transport:
     # ------------------------------------------------------------------ inbound datagrams
 
     def datagram_received(self, data: bytes, address: tuple[object, ...]) -> None:
-        buf = Buffer(data=data)
+        """Route one datagram. Nothing a datagram contains may raise out of here: an exception
+        in a datagram protocol makes asyncio close the socket, i.e. kill the node."""
         try:
-            header = pull_quic_header(buf, host_cid_length=_CID_LENGTH)
+            self._route(data, address)
+        except Exception:
+            self.dropped_datagrams += 1
+            log.exception("datagram from %s could not be processed", address[0])
+
+    def _route(self, data: bytes, address: tuple[object, ...]) -> None:
+        if data and not data[0] & 0x80:  # short header: our CID follows the first byte
+            link = self._cids.get(data[1 : 1 + _CID_LENGTH])
+            if link is not None:
+                link.datagram_received(data, address)
+            else:
+                self.dropped_datagrams += 1
+            return
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=_CID_LENGTH)
         except ValueError:
             self.dropped_datagrams += 1
             return

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from node import wire
 from node.auth import AuthOk
@@ -15,6 +13,8 @@ from node.channel import (
     INITIAL_CREDIT,
     MAX_REQUEST_ID,
     BulkData,
+    CloseCode,
+    CloseInfo,
     Credit,
     Failure,
     Goodbye,
@@ -27,10 +27,17 @@ from node.channel import (
     RequestIds,
     Response,
     SendCredit,
-    share_bytes,
 )
 from node.config import TransportConfig
-from node.errors import ConfigError, LimitExceededError, RemoteProtocolError
+from node.errors import (
+    AuthenticationError,
+    ConfigError,
+    ConnectionClosedError,
+    LimitExceededError,
+    OperationTimeoutError,
+    PeerlineError,
+    RemoteProtocolError,
+)
 
 
 @wire.frame(0x7D01)
@@ -41,9 +48,12 @@ class Note(wire.Message):
 
 def test_requests_pair_with_their_bodies_and_one_way_frames_pass() -> None:
     decoder = IncomingDecoder()
-    assert decoder.receive(Request(7)) is None
-    assert decoder.receive(Note("a")) == Incoming(Note("a"), 7)
-    assert decoder.receive(Note("b")) == Incoming(Note("b"), None)
+    assert decoder.receive([Request(7)]) == []  # a header alone completes nothing
+    assert decoder.receive([Note("a"), Note("b"), Goodbye(0, "bye")]) == [
+        Incoming(Note("a"), 7),
+        Incoming(Note("b"), None),
+        Incoming(Goodbye(0, "bye"), None),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -57,10 +67,8 @@ def test_requests_pair_with_their_bodies_and_one_way_frames_pass() -> None:
     ],
 )
 def test_misplaced_control_frames_are_violations(frames: list[wire.Message]) -> None:
-    decoder = IncomingDecoder()
     with pytest.raises(RemoteProtocolError) as info:
-        for frame in frames:
-            decoder.receive(frame)
+        IncomingDecoder().receive(frames)
     assert info.value.code == "channel.protocol"
 
 
@@ -116,16 +124,6 @@ def test_receive_window_below_protocol_minimum_is_refused() -> None:
         ReceiveCredit(INITIAL_CREDIT - 1)
 
 
-@given(st.integers(0, 10**9), st.integers(1, 1000))
-def test_share_bytes_sums_to_total(total: int, parts: int) -> None:
-    shares = share_bytes(total, parts)
-    assert len(shares) == parts and sum(shares) == total and min(shares) >= 0
-
-
-def test_share_bytes_of_nothing() -> None:
-    assert share_bytes(10, 0) == []
-
-
 def test_request_ids_skip_pending_and_wrap() -> None:
     ids = RequestIds()
     assert ids.allocate(set()) == 1
@@ -145,3 +143,50 @@ def test_transport_config_checks_its_limits() -> None:
         TransportConfig(max_frame_size=1 << 20, control_window=1 << 19)  # window < one frame
     with pytest.raises(ConfigError):
         TransportConfig(max_frame_size=10)
+
+
+@pytest.mark.parametrize(
+    ("info", "kind", "code"),
+    [
+        (
+            CloseInfo(0x133, "bad signature", by_peer=True, transport_error=True),
+            AuthenticationError,
+            "auth.tls",
+        ),
+        (
+            CloseInfo(CloseCode.AUTH_FAILED, "auth.bad_proof: no", by_peer=True),
+            AuthenticationError,
+            "auth.bad_proof",
+        ),
+        (
+            CloseInfo(0x2, "limit.connections: full", by_peer=True, transport_error=True),
+            LimitExceededError,
+            "limit.connections",
+        ),
+        (
+            CloseInfo(CloseCode.TIMEOUT, "auth.timeout: slow", by_peer=False),
+            OperationTimeoutError,
+            "auth.timeout",
+        ),
+        (
+            CloseInfo(CloseCode.PROTOCOL, "wire.malformed: x", by_peer=True),
+            RemoteProtocolError,
+            "wire.malformed",
+        ),
+        (
+            CloseInfo(CloseCode.NORMAL, "bye", by_peer=True),
+            ConnectionClosedError,
+            "transport.closed",
+        ),
+        (
+            CloseInfo(CloseCode.LIMIT, "limit.Not A Code: x", by_peer=True),
+            ConnectionClosedError,
+            "transport.closed",
+        ),
+    ],
+)
+def test_close_reasons_map_to_typed_errors(
+    info: CloseInfo, kind: type[PeerlineError], code: str
+) -> None:
+    error = info.error()
+    assert type(error) is kind and error.code == code
