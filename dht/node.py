@@ -71,7 +71,6 @@ class _BestValueCrawl(SpiderCrawl):  # type: ignore[misc]
     ) -> None:
         super().__init__(protocol, node, peers, ksize, alpha)
         self.best: Accepted | None = None
-        self.behind: list[Node] = []  # answered with an older value: candidates for repair
         self._seen: dict[bytes, Accepted | None] = {}
 
     async def find(self) -> Accepted | None:
@@ -224,7 +223,9 @@ class DhtNode:
             else []
         )
         stored = 0
-        if not self.config.client_only:
+        farthest = max((n.distance_to(target) for n in nodes), default=None)
+        close = farthest is None or self.node.distance_to(target) < farthest
+        if close and not self.config.client_only:  # keep a copy only if we are among the closest
             stored += self.storage.offer(key, value, LOCAL_SOURCE)
         answers = await asyncio.gather(*(protocol.call_store(n, key, value) for n in nodes))
         return stored + sum(1 for ok, accepted in answers if ok and accepted is True)

@@ -114,14 +114,15 @@ async def test_republish_of_an_old_value_never_rolls_back() -> None:
     async with LocalSwarm(10, PeerRecordValidator(), config=config) as swarm:
         laggard = swarm.nodes[0]
         assert await laggard.publish(dkey, old) >= 6
+        laggard.storage[dkey] = old  # it holds a copy (as one of the closest would)
         # The laggard misses the update (as if it were offline for a while)...
         laggard.protocol.rpc_store = lambda *args: False  # type: ignore[method-assign]
-        assert await swarm.nodes[1].publish(dkey, new) >= 6
+        assert await swarm.nodes[1].publish(dkey, new) >= 5
         del laggard.protocol.rpc_store
         assert laggard.storage.get(dkey) == old
         # ...then its hourly republish pushes the old value around: every holder refuses it.
         had_new = [n for n in swarm.nodes if n.storage.get(dkey) == new]
-        assert len(had_new) >= 6
+        assert len(had_new) >= 5
         await laggard.refresh()
         assert all(n.storage.get(dkey) == new for n in had_new)
         # And a lookup by the laggard returns the newest, then repairs its own copy.
