@@ -40,6 +40,7 @@ from node.errors import (
 from node.identity import Identity, PeerId
 
 __all__ = [
+    "CLOCK_SKEW",
     "DISCOVERY_KEY_SIZE",
     "MAX_ADDRESSES",
     "MAX_MAILBOXES",
