@@ -8,6 +8,7 @@ JSON lines on stderr, without PeerIds or IP addresses unless ``--log-level debug
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import signal
@@ -42,11 +43,16 @@ _DATA = click.option(
 
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT``; raises :class:`UsageError`."""
+    """``IP:PORT`` or ``[V6]:PORT`` (an IP literal: no DNS); raises :class:`UsageError`."""
     host, colon, port = text.strip().rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not colon or not host or not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"{what} must be HOST:PORT, got {text!r}", code="usage.invalid")
+    try:
+        ipaddress.ip_address(host)
+        valid = bool(colon) and port.isdigit() and int(port) <= 65535
+    except ValueError:
+        valid = False
+    if not valid:
+        raise UsageError(f"{what} must be IP:PORT, got {text!r}", code="usage.invalid")
     return host, int(port)
 
 

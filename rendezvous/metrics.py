@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import start_http_server
 
-from node.errors import StorageError
+from node.errors import ConfigError
 
 __all__ = ["JsonLogFormatter", "Metrics"]
 
@@ -57,7 +57,7 @@ class Metrics:
         try:
             self._server, self._thread = start_http_server(port, host, registry=self.registry)
         except OSError as exc:
-            raise StorageError(
+            raise ConfigError(
                 f"cannot listen for metrics on {host}:{port}: {exc.strerror}",
                 code="rendezvous.metrics_listen",
             ) from None

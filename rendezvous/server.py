@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import math
 import time
@@ -32,7 +33,7 @@ from typing import Any, Protocol
 from node import envelope, records, wire
 from node.config import TransportConfig
 from node.connection import Connection
-from node.errors import PeerlineError, StorageError, UsageError
+from node.errors import ConfigError, PeerlineError, StorageError, UsageError
 from node.home import KEY_FILE, create_identity, load_identity, read_public_identity
 from node.identity import Identity, PeerId
 from node.mailbox import Accepted, MailboxBook, MailboxLimits, Refused, StoredEnvelope
@@ -630,6 +631,11 @@ async def serve(
     options: ServeOptions, on_ready: Callable[[dict[str, object]], None], stop: asyncio.Event
 ) -> None:
     """Run a server until ``stop`` is set, then close connections and the database cleanly."""
+    if options.advertise is None and ipaddress.ip_address(options.listen[0]).is_unspecified:
+        raise UsageError(
+            "listening on all interfaces: give --advertise HOST (the address nodes dial)",
+            code="usage.invalid",
+        )
     options.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     identity = await ensure_identity(options.directory)
     metrics = Metrics()
@@ -641,7 +647,14 @@ async def serve(
         transport = Transport(identity, options.transport)
         transport.set_handler(service.handle)
         transport.on_connection(lambda conn: _attach(service, conn))
-        await transport.start(*options.listen)
+        try:
+            await transport.start(*options.listen)
+        except OSError as exc:
+            host, port = options.listen
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                code="rendezvous.listen",
+            ) from None
         stack.push_async_callback(transport.aclose)
         host, port = transport.address
         address = p.RendezvousAddress(identity.peer_id, options.advertise or host, port)

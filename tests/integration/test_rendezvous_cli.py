@@ -128,3 +128,13 @@ def test_backup_and_restore(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     code, _, _ = cli(capsys, "rendezvous", "restore", "--data", str(data), str(backup))
     assert code == 0
     assert asyncio.run(admin.listing(data)).banned == [peer.text()]
+
+
+@pytest.mark.parametrize(
+    "listen", ["0.0.0.0:4433", "[::]:4433", "rdv.example.org:4433", "127.0.0.1", "127.0.0.1:70000"]
+)
+def test_serve_refuses_bad_listen_addresses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], listen: str
+) -> None:
+    code, out, err = cli(capsys, "rendezvous", "serve", "--data", str(tmp_path), "--listen", listen)
+    assert code == 2 and out == "" and json.loads(err)["error"] == "usage.invalid"
