@@ -27,7 +27,7 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported, untyped
 from aioquic.quic import events
@@ -450,6 +450,44 @@ class Transport:
                     "the transport closed during the dial", code="dial.cancelled"
                 ) from None
             raise
+
+    async def maintain(
+        self,
+        peer: PeerId,
+        addresses: Callable[[], Sequence[Address]],
+        on_connected: Callable[[Connection], Awaitable[None]] | None = None,
+    ) -> None:
+        """Keep a connection to ``peer`` until cancelled or the transport closes.
+
+        Each round calls :meth:`dial` with ``addresses()`` (re-read every round, so a caller can
+        refresh them), then ``await on_connected(conn)`` (e.g. to register at a rendezvous),
+        then waits for the connection to end. Failed rounds, and connections that ended within
+        ``idle_timeout``, back off exponentially with jitter; a connection that lasted resets the
+        backoff. An :class:`AuthenticationError` (someone else answers) is not retried: it raises.
+        Run it as a task you own and cancel it to stop.
+        """
+        self._check_running()
+        attempt = 0
+        loop = self.loop
+        while not self._closing:
+            try:
+                conn = await self.dial(peer, addresses())
+            except AuthenticationError:
+                raise
+            except PeerlineError as exc:
+                if self._closing:
+                    return
+                log.info("cannot reach %s (%s), retrying", peer.short(), exc.code)
+            else:
+                started = loop.time()
+                if on_connected is not None:
+                    await on_connected(conn)
+                await conn.wait_closed()
+                if loop.time() - started >= self.config.idle_timeout:
+                    attempt = 0
+            if not self._closing:
+                await asyncio.sleep(self._backoff.delay(attempt, self._rng))
+                attempt += 1
 
     async def _dial(self, peer: PeerId, addresses: list[Address]) -> Connection:
         last: PeerlineError | None = None

@@ -227,6 +227,43 @@ async def test_dial_tries_every_address_and_backs_off_between_rounds() -> None:
             await a.dial(a.peer_id, [a.address])
 
 
+async def test_maintain_reconnects_with_backoff_until_cancelled() -> None:
+    config = TransportConfig(
+        dial_attempts=1, handshake_timeout=0.3, backoff_initial=0.05, backoff_max=0.2
+    )
+    b_identity = Identity.generate()
+    connected: list[Connection] = []
+    again = asyncio.Event()
+
+    async def registered(conn: Connection) -> None:
+        connected.append(conn)
+        again.set()
+
+    async with running(config) as a:
+        async with running(config, b_identity) as b:
+            Spy().watch(b)
+            address = b.address
+            keeper = asyncio.create_task(a.maintain(b.peer_id, lambda: [address], registered))
+            await asyncio.wait_for(again.wait(), 5)
+            again.clear()
+            connected[0].abort(CloseCode.NORMAL, "test.drop: once")
+            await asyncio.wait_for(again.wait(), 5)  # reconnected by itself
+            again.clear()
+        # b is gone: the keeper retries with backoff; b comes back on the same address
+        await asyncio.sleep(0.4)
+        b2 = Transport(b_identity, config)
+        await b2.start(*address)
+        try:
+            Spy().watch(b2)
+            await asyncio.wait_for(again.wait(), 5)
+            assert len(connected) == 3 and connected[-1].is_open
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            await b2.aclose()
+
+
 async def test_keepalive_holds_an_idle_connection_and_a_silent_peer_idles_out() -> None:
     config = TransportConfig(dial_attempts=1, idle_timeout=0.3)
     async with running(config) as a, running(config) as b:
