@@ -406,6 +406,8 @@ class ControlServer:
                 reply = {"ok": True, "result": await dispatch(self._api, request)}
             except PeerlineError as err:
                 reply = _error(err)
+            finally:
+                self._api.require_node().invalidate()
             writer.write(_line(reply))
             await writer.drain()
 

@@ -190,18 +190,28 @@ class History:
         now: float,
         ttl: float | None,
         lifetime: float,
+        seq: int | None = None,
     ) -> list[WriteOp]:
         """Assign the next sender sequence number, store the message, queue it in the outbox.
 
+        ``seq`` is the sequence number when the caller tracks it (the running node, the only
+        writer then); ``None`` takes ``send_seq + 1`` inside the unit (offline queueing).
         Writing to a peer accepts a pending request from it. A note to self needs no
         delivery: it is stored ``delivered`` and never queued.
         """
         conv, params = self._conv_id(peer)
         note = peer == self.own
+        if seq is None:
+            bump: WriteOp = (
+                f"UPDATE conversations SET send_seq = send_seq + 1 WHERE id = {conv}",  # noqa: S608
+                params,
+            )
+        else:
+            bump = (f"UPDATE conversations SET send_seq = ? WHERE id = {conv}", (seq, *params))  # noqa: S608
         ops = [
             self.ensure_conversation_op(peer, "accepted", now),
             self.status_op(peer, "accepted"),
-            (f"UPDATE conversations SET send_seq = send_seq + 1 WHERE id = {conv}", params),  # noqa: S608
+            bump,
             (
                 "INSERT INTO messages (id, conversation_id, sender, direction, body, sent_at,"  # noqa: S608
                 " state, expires_at, ttl, sender_seq) VALUES"

@@ -50,6 +50,7 @@ from node.messaging import (
     Deliver,
     GetPrekeys,
     Outbox,
+    OutboxEntry,
     Outcome,
     Prekeys,
     Presence,
@@ -87,6 +88,8 @@ _DIAL_TIMEOUT = 3.0
 _NETWORK_TIMEOUT = 5.0
 _RECORD_TTL = 3600
 _RECEIPT_BATCH = 256
+_MAX_INFLIGHT = 1024
+"""Received messages decrypted but not yet committed (then the connection waits)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,17 @@ class NodeConfig:
     message_lifetime: float = DEFAULT_LIFETIME
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     gap_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Unsaved:
+    """A received message decrypted and ordered, waiting for its commit."""
+
+    ops: list[WriteOp]
+    message_id: bytes
+    shown: list[ChatText]
+    first: bool
+    verdict: Verdict
 
 
 class Node:
@@ -146,6 +160,13 @@ class Node:
         self._receipt_wake = asyncio.Event()
         self._dial_failed: dict[PeerId, float] = {}
         self._blocked: set[PeerId] = set()
+        self._verdicts: dict[PeerId, tuple[Verdict, str]] = {}
+        self._send_seq: dict[PeerId, int] = {}
+        self._fresh: dict[bytes, ChatText] = {}
+        self._inflight = asyncio.Semaphore(_MAX_INFLIGHT)
+        self._unsaved: dict[PeerId, list[_Unsaved]] = {}
+        self._committers: dict[PeerId, asyncio.Task[None]] = {}
+        self._prekeys_dirty = False
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._group: asyncio.TaskGroup | None = None
@@ -205,6 +226,7 @@ class Node:
             log.warning("background task ended: %s", exc)
 
     async def _stop(self) -> None:
+        await asyncio.gather(*self._committers.values(), return_exceptions=True)
         for task in [*self._tasks, *self._senders.values()]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._senders.values(), return_exceptions=True)
@@ -299,28 +321,48 @@ class Node:
         """Queue a message (committed before this returns); returns its id."""
         check_text(text)
         check_ttl(ttl)
-        contact = await self.contacts.get(peer)
-        if contact is not None and contact.blocked:
+        if peer in self._blocked:
             raise UsageError("recipient is blocked (unblock first)", code="contact.blocked")
         message_id = new_message_id(self.rng)
         now = self.clock()
+        seq = await self._next_seq(peer)
+        lifetime = self.config.message_lifetime
         ops = self.history.queue_ops(
-            peer, message_id, text, now=now, ttl=ttl, lifetime=self.config.message_lifetime
+            peer, message_id, text, now=now, ttl=ttl, lifetime=lifetime, seq=seq
         )
-        await self.store.write(ops)
+        try:
+            await self.store.write(ops)
+        except PeerlineError:
+            self._send_seq.pop(peer, None)  # reload the counter from the store next time
+            raise
+        self._verdicts.pop(peer, None)  # writing to a peer accepts its chat
         if peer != self.peer_id:
-            for entry in await self.history.outbox_entries_for([message_id]):
-                self._outbox.add(entry)
+            self._fresh[message_id] = ChatText(message_id, seq, now, text, ttl)
+            self._outbox.add(OutboxEntry(message_id, peer.key, now + lifetime, now))
             self._wake.set()
         return message_id
 
+    async def _next_seq(self, peer: PeerId) -> int:
+        """The next sender sequence number of the conversation (the node is the only writer
+        while it runs, so the counter lives in memory once loaded)."""
+        if peer not in self._send_seq:
+            info = await self.history.conversation(peer)
+            self._send_seq.setdefault(peer, 0 if info is None else info.send_seq)
+        self._send_seq[peer] += 1
+        return self._send_seq[peer]
+
+    def invalidate(self) -> None:
+        """Forget cached acceptance decisions and counters (the control API changed data)."""
+        self._verdicts.clear()
+        self._send_seq.clear()
+
     async def _outbox_loop(self) -> None:
         while True:
+            self._wake.clear()  # before the work: a wake-up during it is not lost
             self._outbox.handle_timer(self.clock())
             await self._outbox_events()
             timer = self._outbox.get_timer()
             delay = 1.0 if timer is None else min(1.0, max(0.0, timer - self.clock()))
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
@@ -455,11 +497,15 @@ class Node:
         self, peer: PeerId, ids: list[bytes], conn: Connection | None
     ) -> dict[bytes, bytes]:
         """Ciphertext per id: stored ones reused, the rest encrypted and committed first."""
-        stored = await self.history.ciphertexts(ids)
+        fresh = {i: chat for i in ids if (chat := self._fresh.pop(i, None)) is not None}
+        older = [i for i in ids if i not in fresh]
+        stored = await self.history.ciphertexts(older) if older else {}
         missing = [i for i in ids if i not in stored]
         if not missing:
             return stored
-        texts = await self.history.chat_texts(missing)
+        texts = fresh
+        if len(texts) < len(missing):
+            texts.update(await self.history.chat_texts([i for i in missing if i not in fresh]))
         current = await self._session(peer)
         if current is None:
             current = await self._start_session(peer, conn)
@@ -581,6 +627,10 @@ class Node:
             self._on_refused(opened.sender, frame)
 
     async def _verdict(self, peer: PeerId) -> tuple[Verdict, str]:
+        """The acceptance decision and conversation status, cached until the data changes."""
+        cached = self._verdicts.get(peer)
+        if cached is not None:
+            return cached
         contact = await self.contacts.get(peer)
         if contact is not None and contact.blocked:
             return Verdict.DROP, "none"
@@ -588,36 +638,70 @@ class Node:
         status = "none" if info is None else info.status
         policy = await self.contacts.policy()
         verdict = decide(policy, blocked=False, is_contact=contact is not None, status=status)
+        self._verdicts[peer] = (verdict, status)
         return verdict, status
 
     async def _receive(self, peer: PeerId, deliver: Deliver) -> None:
+        """Decide, decrypt and order at once; the commit runs behind (bounded), in order.
+
+        A duplicate needs no store read on this path: its ratchet refuses it as a replay,
+        and only then is the id looked up, to acknowledge it again.
+        """
         verdict, status = await self._verdict(peer)
         if verdict is Verdict.DROP:
             return
         if verdict is Verdict.REFUSE:
             await self._send_frame(peer, Refused([deliver.message_id], "policy.refused"))
             return
-        if await self.history.known_ids([deliver.message_id]):
-            self._queue_receipt(peer, ReceiptKind.DELIVERED, deliver.message_id)
-            return
         chat = await self._decrypt(peer, deliver)
         if chat is None:
+            if await self.history.known_ids([deliver.message_id]):
+                self._queue_receipt(peer, ReceiptKind.DELIVERED, deliver.message_id)
             return
         order = await self._order(peer)
         now = self.clock()
         _, released = order.receive(chat.seq, chat, now)
         conv_status: Status = "request" if verdict is Verdict.REQUEST else "accepted"
+        self._verdicts[peer] = (verdict, conv_status)
         ops = [self.history.ensure_conversation_op(peer, conv_status, now)]
         if all(c.message_id != chat.message_id for _, c in released):
             ops.append(self.history.hold_op(peer, chat, now))
         for _, item in released:
             ops += self.history.release_ops(peer, item, now)
-        ops.append(session_op(self._sessions[peer], now))
-        assert self._prekeys is not None
-        ops.append(prekeys_op(self._prekeys, now))
-        await self.store.write(ops)
-        self._queue_receipt(peer, ReceiptKind.DELIVERED, chat.message_id)
-        self._announce(peer, [c for _, c in released], first=status == "none", verdict=verdict)
+        await self._inflight.acquire()
+        shown = [c for _, c in released]
+        batch = self._unsaved.setdefault(peer, [])
+        batch.append(_Unsaved(ops, chat.message_id, shown, status == "none", verdict))
+        if peer not in self._committers:
+            task = asyncio.get_running_loop().create_task(self._commit(peer))
+            self._committers[peer] = task
+            task.add_done_callback(lambda _: self._committers.pop(peer, None))
+
+    async def _commit(self, peer: PeerId) -> None:
+        """Commit what was received from ``peer`` in batches: one unit carries the rows of
+        every message so far and the latest ratchet state (serialized once per batch, not
+        per message); receipts go out and events are shown only once it is durable."""
+        while batch := self._unsaved.pop(peer, []):
+            now = self.clock()
+            ops = [op for item in batch for op in item.ops]
+            ops.append(session_op(self._sessions[peer], now))
+            if self._prekeys_dirty:
+                assert self._prekeys is not None
+                self._prekeys_dirty = False
+                ops.append(prekeys_op(self._prekeys, now))
+            try:
+                await self.store.write(ops)
+            except PeerlineError as exc:
+                log.warning("could not store messages: %s", exc.code)
+                self._sessions.pop(peer, None)  # reload what the store really holds
+                self._orders.pop(peer, None)
+                continue
+            finally:
+                for _ in batch:
+                    self._inflight.release()
+            for item in batch:
+                self._queue_receipt(peer, ReceiptKind.DELIVERED, item.message_id)
+                self._announce(peer, item.shown, item.first, item.verdict)
 
     async def _decrypt(self, peer: PeerId, deliver: Deliver) -> ChatText | None:
         assert self._prekeys is not None
@@ -639,7 +723,9 @@ class Node:
         if not isinstance(chat, ChatText) or chat.message_id != deliver.message_id:
             return None
         self._sessions[peer] = received.session
-        self._prekeys = received.prekeys
+        if received.prekeys is not self._prekeys:
+            self._prekeys = received.prekeys
+            self._prekeys_dirty = True
         return chat
 
     async def _order(self, peer: PeerId) -> ReceiveOrder[ChatText]:
@@ -654,7 +740,7 @@ class Node:
         return self._orders[peer]
 
     def _announce(
-        self, peer: PeerId, released: list[ChatText], *, first: bool, verdict: Verdict
+        self, peer: PeerId, released: list[ChatText], first: bool, verdict: Verdict
     ) -> None:
         if verdict is Verdict.REQUEST:
             if first and released:
