@@ -13,17 +13,32 @@ The opener's first frame is an application header message, handed to the peer's 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from node import wire
-from node.channel import FIRST_APPLICATION_TYPE, BulkData, Credit, ReceiveCredit, SendCredit
+from node.channel import (
+    FIRST_APPLICATION_TYPE,
+    BulkData,
+    CloseCode,
+    Credit,
+    ReceiveCredit,
+    SendCredit,
+)
 from node.config import TransportConfig
 from node.errors import ConnectionClosedError, OperationTimeoutError, PeerlineError
 from node.errors import RemoteProtocolError as _Remote
 
-__all__ = ["CHUNK", "BulkStream", "Link"]
+__all__ = ["CHUNK", "BulkStream", "BulkStreams", "Link", "StreamHandler"]
+
+log = logging.getLogger(__name__)
+_LIMIT_CODE, _PROTOCOL_CODE, _INTERNAL_CODE = (
+    CloseCode.LIMIT,
+    CloseCode.PROTOCOL,
+    CloseCode.INTERNAL,
+)
 
 CHUNK = 32 * 1024
 """Largest :class:`BulkData` payload a writer sends (fits the initial credit)."""
@@ -224,3 +239,83 @@ class BulkStream:
     def _check_done(self) -> None:
         if self._eof and self._finished and not self._chunks:
             self._on_done(self.stream_id)
+
+
+StreamHandler = Callable[[wire.Message, BulkStream], Awaitable[None]]
+"""``async handler(header, stream)`` for a stream the peer opened (the connection binds it)."""
+
+
+class BulkStreams:
+    """The bulk streams of one connection: ours, and at most ``max_streams_per_connection``
+    concurrently open ones from the peer (more are reset with ``CloseCode.LIMIT``: refused,
+    the connection goes on). Each peer-opened stream gets its handler in a task owned here."""
+
+    def __init__(self, link: Link, config: TransportConfig, *, peer_opens_odd: bool) -> None:
+        self._link = link
+        self._config = config
+        self._peer_parity = 1 if peer_opens_odd else 0
+        self._streams: dict[int, BulkStream] = {}
+        self._last_peer_stream = -1
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.handler: StreamHandler | None = None
+
+    def open(self) -> BulkStream:
+        """A new stream of ours (the caller writes the header, then announces credit)."""
+        return self._add(self._link.open_bidi_stream())
+
+    def receive(self, stream_id: int, data: bytes, end: bool) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if stream_id % 2 != self._peer_parity or stream_id <= self._last_peer_stream:
+                return  # a stream that already ended or was refused: late data is dropped
+            self._last_peer_stream = stream_id
+            if len(self._streams) >= self._config.max_streams_per_connection:
+                self._link.reset(stream_id, _LIMIT_CODE)
+                return
+            stream = self._add(stream_id)
+            stream.expect_header(self._start_handler)
+            stream.announce()
+        stream.receive(data, end)
+
+    def reset(self, stream_id: int, code: int) -> bool:
+        """The peer reset ``stream_id``; ``False`` if it is not one of ours."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return False
+        stream.fail(ConnectionClosedError(f"bulk stream reset ({code})", code="bulk.reset"))
+        return True
+
+    def close(self, error: PeerlineError) -> None:
+        """The connection ended: every stream fails with ``error``, handler tasks are cancelled."""
+        for stream in list(self._streams.values()):
+            stream.fail(error)
+        self._streams.clear()
+        for task in self.tasks:
+            task.cancel()
+
+    def _add(self, stream_id: int) -> BulkStream:
+        stream = BulkStream(self._link, stream_id, self._config, on_done=self._forget)
+        self._streams[stream_id] = stream
+        return stream
+
+    def _forget(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+
+    def _start_handler(self, header: wire.Message, stream: BulkStream) -> None:
+        if self.handler is None:
+            stream.abort(_PROTOCOL_CODE)
+            return
+        task = asyncio.get_running_loop().create_task(self._run(self.handler, header, stream))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    @staticmethod
+    async def _run(handler: StreamHandler, header: wire.Message, stream: BulkStream) -> None:
+        try:
+            await handler(header, stream)
+        except PeerlineError as exc:
+            log.info("bulk handler of %r ended: %s", stream, exc.code)
+            stream.abort(_PROTOCOL_CODE)
+        except Exception:
+            log.exception("bulk handler of %r failed", stream)
+            stream.abort(_INTERNAL_CODE)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,7 @@ from typing import NamedTuple, Protocol
 
 from node import wire
 from node.auth import Authenticated, DialerAuth, ListenerAuth
-from node.bulk import BulkStream, Link
+from node.bulk import BulkStream, BulkStreams, Link
 from node.channel import (
     INITIAL_CREDIT,
     CloseCode,
@@ -141,9 +142,7 @@ class Connection:
         self._sweep: asyncio.TimerHandle | None = None
         self._sweep_at: float | None = None
         self._ids = RequestIds()
-        self._bulk: dict[int, BulkStream] = {}
-        self._last_peer_stream = -1
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._bulk = BulkStreams(link, config, peer_opens_odd=self.is_dialer)
         self._worker: asyncio.Task[None] | None = None
         self._goodbye: asyncio.Future[None] | None = None
         self._early: list[tuple[int, bytes, bool]] = []
@@ -172,7 +171,9 @@ class Connection:
         self.handler = handler
 
     def set_bulk_handler(self, handler: BulkHandler | None) -> None:
+        """Handle bulk streams the peer opens: ``await handler(conn, header, stream)``."""
         self.bulk_handler = handler
+        self._bulk.handler = None if handler is None else functools.partial(handler, self)
 
     async def send(self, message: wire.Message, *, timeout: float | None = None) -> None:
         """Send a one-way frame; waits for credit (``OperationTimeoutError`` after ``timeout``)."""
@@ -242,7 +243,7 @@ class Connection:
     async def open_bulk(self, header: wire.Message) -> BulkStream:
         """Open a bulk stream; ``header`` tells the peer's bulk handler what it carries."""
         self._check_open()
-        stream = self._new_bulk(self._link.open_bidi_stream())
+        stream = self._bulk.open()
         await stream.write_frame(self._encode(header))
         stream.announce()
         return stream
@@ -300,17 +301,16 @@ class Connection:
             elif stream_id == self._reply_in:
                 self._on_reply(data)
             elif stream_id % 4 in (0, 1):
-                self._on_bulk(stream_id, data, end)
+                self._bulk.receive(stream_id, data, end)
             else:
                 raise RemoteProtocolError("unexpected stream", code="channel.protocol")
         except PeerlineError as exc:
             self._fail(exc)
 
     def stream_reset(self, stream_id: int, code: int) -> None:
-        stream = self._bulk.pop(stream_id, None)
-        if stream is not None:
-            stream.fail(RemoteProtocolError(f"bulk stream reset ({code})", code="bulk.reset"))
-        elif stream_id in (self._control_in, self._reply_in) and not self.closed.done():
+        if self._bulk.reset(stream_id, code):
+            return
+        if stream_id in (self._control_in, self._reply_in) and not self.closed.done():
             self._fail(RemoteProtocolError("control stream reset", code="channel.protocol"))
 
     def terminated(self, info: CloseInfo) -> None:
@@ -529,54 +529,6 @@ class Connection:
             waiters.popleft()
             waiter.set_result(None)
 
-    # ------------------------------------------------------------------ bulk streams
-
-    def _new_bulk(self, stream_id: int) -> BulkStream:
-        stream = BulkStream(self._link, stream_id, self._config, on_done=self._bulk_done)
-        self._bulk[stream_id] = stream
-        return stream
-
-    def _bulk_done(self, stream_id: int) -> None:
-        self._bulk.pop(stream_id, None)
-
-    def _on_bulk(self, stream_id: int, data: bytes, end: bool) -> None:
-        stream = self._bulk.get(stream_id)
-        if stream is None:
-            if not self._peer_opened(stream_id) or stream_id <= self._last_peer_stream:
-                return  # a stream that already ended or was refused: late data is dropped
-            self._last_peer_stream = stream_id
-            if len(self._bulk) >= self._config.max_streams_per_connection:
-                self._link.reset(stream_id, CloseCode.LIMIT)
-                return
-            stream = self._new_bulk(stream_id)
-            stream.expect_header(self._start_bulk_handler)
-            stream.announce()
-        stream.receive(data, end)
-
-    def _peer_opened(self, stream_id: int) -> bool:
-        return (stream_id % 2 == 1) == self.is_dialer
-
-    def _start_bulk_handler(self, header: wire.Message, stream: BulkStream) -> None:
-        handler = self.bulk_handler
-        if handler is None:
-            stream.abort(CloseCode.PROTOCOL)
-            return
-        task = self._loop.create_task(self._run_bulk(handler, header, stream))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run_bulk(
-        self, handler: BulkHandler, header: wire.Message, stream: BulkStream
-    ) -> None:
-        try:
-            await handler(self, header, stream)
-        except PeerlineError as exc:
-            log.info("bulk handler of %r ended: %s", self, exc.code)
-            stream.abort(CloseCode.PROTOCOL)
-        except Exception:
-            log.exception("bulk handler failed for %r", self)
-            stream.abort(CloseCode.INTERNAL)
-
     # ------------------------------------------------------------------ teardown
 
     def _fail(self, error: PeerlineError) -> None:
@@ -603,20 +555,16 @@ class Connection:
         for _, waiter in self._credit_waiters:
             if not waiter.done():
                 waiter.set_result(None)  # the sender re-checks and raises the close error
-        for stream in list(self._bulk.values()):
-            stream.fail(error)
-        self._bulk.clear()
+        self._bulk.close(error)
         if self._worker is not None:
             self._worker.cancel()
-        for task in self._tasks:
-            task.cancel()
         self._inbox.clear()
         self._observer.closed(self)
 
     async def wait_closed(self) -> CloseInfo:
         """Wait for the end of the connection and for its worker and bulk tasks to finish."""
         info = await asyncio.shield(self.closed)
-        tasks = [t for t in (self._worker, *self._tasks) if t is not None]
+        tasks = [t for t in (self._worker, *self._bulk.tasks) if t is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         return info

@@ -53,14 +53,12 @@ from node.config import TransportConfig
 from node.connection import BulkHandler, Connection, Handler
 from node.crypto import Rng, random_bytes
 from node.errors import (
-    AuthenticationError,
     DialError,
     LimitExceededError,
     LocalProtocolError,
-    PeerlineError,
 )
 from node.identity import Identity, PeerId
-from node.peers import PeerTable
+from node.peers import Address, Dialer, PeerTable
 
 __all__ = [
     "ALPN",
@@ -74,7 +72,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ALPN = "peerline/1"
-Address = tuple[str, int]
 _CID_LENGTH = 8
 
 
@@ -307,12 +304,6 @@ class Transport:
         self.peer_id = identity.peer_id
         self.config = config or TransportConfig()
         self._rng = rng
-        self._backoff = Backoff(
-            self.config.backoff_initial,
-            self.config.backoff_max,
-            self.config.backoff_factor,
-            self.config.backoff_jitter,
-        )
         self._handshakes = TokenBuckets(
             self.config.max_handshakes_per_second_per_ip,
             self.config.handshake_burst,
@@ -324,7 +315,18 @@ class Transport:
         self._links: set[_Link] = set()
         self._per_ip: dict[str, int] = {}
         self._peers = PeerTable(identity.peer_id)
-        self._dials: dict[PeerId, asyncio.Task[Connection]] = {}
+        self._dialer = Dialer(
+            self._peers,
+            self._open_client,
+            self.config,
+            Backoff(
+                self.config.backoff_initial,
+                self.config.backoff_max,
+                self.config.backoff_factor,
+                self.config.backoff_jitter,
+            ),
+            rng,
+        )
         self._udp: asyncio.DatagramTransport | None = None
         self._ipv6 = False
         self._closing = False
@@ -383,13 +385,12 @@ class Transport:
         if self._closing:
             return
         self._closing = True
-        for task in list(self._dials.values()):
-            task.cancel()
+        dials = self._dialer.close()
         connections = [link.connection for link in self._links if link.connection is not None]
         for conn in connections:
             conn.abort(CloseCode.SHUTDOWN, "transport.shutdown: node shutting down")
         await asyncio.gather(
-            *(c.wait_closed() for c in connections), *self._dials.values(), return_exceptions=True
+            *(c.wait_closed() for c in connections), *dials, return_exceptions=True
         )
         for link in list(self._links):
             link.dispose()
@@ -419,37 +420,9 @@ class Transport:
         return self._peers.open_connections()
 
     async def dial(self, peer: PeerId, addresses: Sequence[Address]) -> Connection:
-        """An authenticated connection to ``peer`` (the existing one if open).
-
-        Tries each address in turn, up to ``dial_attempts`` rounds with backoff in between.
-        Raises :class:`AuthenticationError` at once if an address answers with another key,
-        :class:`DialError` (``dial.refused`` / ``dial.timeout`` / ``dial.failed``, the last
-        cause chained) when every attempt failed, :class:`LocalProtocolError` for our own peer id.
-        Concurrent dials of one peer share a single attempt.
-        """
+        """An authenticated connection to ``peer``: see :meth:`node.peers.Dialer.dial`."""
         self._check_running()
-        if peer == self.peer_id:
-            raise LocalProtocolError("a node cannot dial itself", code="dial.self")
-        existing = self.connection(peer)
-        if existing is not None:
-            return existing
-        if not addresses:
-            raise DialError(f"no address for {peer.short()}", code="dial.no_address")
-        task = self._dials.get(peer)
-        if task is None:
-            task = self.loop.create_task(self._dial(peer, list(addresses)))
-            self._dials[peer] = task
-            task.add_done_callback(lambda _: self._dials.pop(peer, None))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            caller_cancelled = current is not None and current.cancelling() > 0
-            if task.cancelled() and self._closing and not caller_cancelled:
-                raise DialError(
-                    "the transport closed during the dial", code="dial.cancelled"
-                ) from None
-            raise
+        return await self._dialer.dial(peer, addresses)
 
     async def maintain(
         self,
@@ -457,78 +430,9 @@ class Transport:
         addresses: Callable[[], Sequence[Address]],
         on_connected: Callable[[Connection], Awaitable[None]] | None = None,
     ) -> None:
-        """Keep a connection to ``peer`` until cancelled or the transport closes.
-
-        Each round calls :meth:`dial` with ``addresses()`` (re-read every round, so a caller can
-        refresh them), then ``await on_connected(conn)`` (e.g. to register at a rendezvous),
-        then waits for the connection to end. Failed rounds, and connections that ended within
-        ``idle_timeout``, back off exponentially with jitter; a connection that lasted resets the
-        backoff. An :class:`AuthenticationError` (someone else answers) is not retried: it raises.
-        Run it as a task you own and cancel it to stop.
-        """
+        """Keep ``peer`` connected until cancelled: see :meth:`node.peers.Dialer.maintain`."""
         self._check_running()
-        attempt = 0
-        loop = self.loop
-        while not self._closing:
-            try:
-                conn = await self.dial(peer, addresses())
-            except AuthenticationError:
-                raise
-            except PeerlineError as exc:
-                if self._closing:
-                    return
-                log.info("cannot reach %s (%s), retrying", peer.short(), exc.code)
-            else:
-                started = loop.time()
-                if on_connected is not None:
-                    await on_connected(conn)
-                await conn.wait_closed()
-                if loop.time() - started >= self.config.idle_timeout:
-                    attempt = 0
-            if not self._closing:
-                await asyncio.sleep(self._backoff.delay(attempt, self._rng))
-                attempt += 1
-
-    async def _dial(self, peer: PeerId, addresses: list[Address]) -> Connection:
-        last: PeerlineError | None = None
-        for attempt in range(self.config.dial_attempts):
-            if attempt:
-                await asyncio.sleep(self._backoff.delay(attempt - 1, self._rng))
-            for address in addresses:
-                try:
-                    return await self._connect_once(peer, address)
-                except AuthenticationError:
-                    raise
-                except PeerlineError as exc:
-                    last = exc
-                existing = self.connection(peer)
-                if existing is not None:
-                    return existing
-        assert last is not None
-        code = "dial.failed"
-        if isinstance(last, LimitExceededError):
-            code = "dial.refused"
-        elif last.code.endswith("timeout"):
-            code = "dial.timeout"
-        raise DialError(
-            f"cannot reach {peer.short()}: {last.code}: {last.message}", code=code
-        ) from last
-
-    async def _connect_once(self, peer: PeerId, address: Address) -> Connection:
-        conn = self._open_client(peer, address)
-        try:
-            await asyncio.shield(conn.ready)
-        except PeerlineError:
-            info = conn.closed.result() if conn.closed.done() else None
-            if info is None or info.code != CloseCode.DUPLICATE or info.transport_error:
-                raise
-            winner = await self._peers.wait_for(peer, self.config.handshake_timeout)
-            if winner is None:
-                raise DialError(
-                    f"lost the dial race to {peer.short()}", code="dial.failed"
-                ) from None
-            return winner
-        return self._peers.get(peer) or conn
+        await self._dialer.maintain(peer, addresses, on_connected)
 
     # ------------------------------------------------------------------ links and limits
 
@@ -587,8 +491,8 @@ class Transport:
             remote_address=remote_address,
             rng=self._rng,
         )
-        conn.handler = self._handler
-        conn.bulk_handler = self._bulk_handler
+        conn.set_handler(self._handler)
+        conn.set_bulk_handler(self._bulk_handler)
         return conn
 
     def add_cid(self, cid: bytes, link: _Link) -> None:
