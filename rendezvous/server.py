@@ -25,7 +25,7 @@ import ipaddress
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -143,7 +143,7 @@ class RendezvousService:
     # ------------------------------------------------------------------ lifecycle
 
     @contextlib.asynccontextmanager
-    async def run(self) -> Any:
+    async def run(self) -> AsyncIterator[RendezvousService]:
         """Load state from the database, run the sweep and access-poll loops, stop them on exit."""
         self.book.load(await db.load_envelopes(self.store))
         await self.store.write([db.set_setting("mode", self.config.mode.value)])
