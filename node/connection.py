@@ -149,7 +149,7 @@ class Connection:
         self._early_size = 0
         self._linger: asyncio.TimerHandle | None = None
         self.handler: Handler | None = None
-        self.bulk_handler: BulkHandler | None = None
+        self._bulk_handler: BulkHandler | None = None
         self.ready: asyncio.Future[None] = self._loop.create_future()
         self.closed: asyncio.Future[CloseInfo] = self._loop.create_future()
         self._auth_timer = self._loop.call_at(now + config.handshake_timeout, self._on_auth_timer)
@@ -172,8 +172,12 @@ class Connection:
 
     def set_bulk_handler(self, handler: BulkHandler | None) -> None:
         """Handle bulk streams the peer opens: ``await handler(conn, header, stream)``."""
-        self.bulk_handler = handler
+        self._bulk_handler = handler
         self._bulk.handler = None if handler is None else functools.partial(handler, self)
+
+    @property
+    def bulk_handler(self) -> BulkHandler | None:
+        return self._bulk_handler
 
     async def send(self, message: wire.Message, *, timeout: float | None = None) -> None:
         """Send a one-way frame; waits for credit (``OperationTimeoutError`` after ``timeout``)."""
