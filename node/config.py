@@ -24,7 +24,8 @@ class TransportConfig:
 
     Connections
         ``max_connections``: authenticated plus in-handshake connections, both directions.
-        ``max_connections_per_ip``: the same, per remote IP address (inbound and outbound).
+        ``max_connections_per_ip``: the same, per remote IP address (inbound and outbound;
+        loopback is not exempt: many local test nodes need a higher value).
         ``max_handshakes_per_second_per_ip`` / ``handshake_burst``: a token bucket per remote IP
         applied to new inbound connections (after address validation by Retry).
         ``max_tracked_ips``: size cap of the per-IP table (oldest idle entries are evicted).
@@ -48,7 +49,7 @@ class TransportConfig:
     """
 
     max_connections: int = 512
-    max_connections_per_ip: int = 32
+    max_connections_per_ip: int = 64
     max_handshakes_per_second_per_ip: float = 20.0
     handshake_burst: int = 40
     max_tracked_ips: int = 4096

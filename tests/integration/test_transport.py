@@ -110,6 +110,31 @@ async def test_dial_authenticates_both_sides_and_requests_flow_both_ways() -> No
         assert await a.dial(b.peer_id, [b.address]) is conn
 
 
+async def test_dual_stack_socket_reaches_ipv4_and_ipv6_peers() -> None:
+    dual = Transport(Identity.generate(), FAST)
+    await dual.start("::", 0)
+    try:
+        async with running() as v4:
+            v6 = Transport(Identity.generate(), FAST)
+            await v6.start("::1", 0)
+            try:
+                for node in (v4, v6):
+                    Spy().watch(node)
+                conn = await dual.dial(v4.peer_id, [v4.address])
+                assert conn.remote_address == v4.address  # shown without the ::ffff: prefix
+                assert await conn.request(Note("4")) == Note("re:4")
+                conn6 = await dual.dial(v6.peer_id, [v6.address])
+                assert await conn6.request(Note("6")) == Note("re:6")
+                with pytest.raises(DialError) as wrong_family:
+                    await v4.dial(v6.peer_id, [v6.address])
+                cause = wrong_family.value.__cause__
+                assert isinstance(cause, DialError) and cause.code == "dial.bad_address"
+            finally:
+                await v6.aclose()
+    finally:
+        await dual.aclose()
+
+
 async def test_simultaneous_dials_settle_on_one_connection() -> None:
     async with running() as a, running() as b:
         for node in (a, b):
