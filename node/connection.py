@@ -136,7 +136,7 @@ class Connection:
         self._recv_credit = ReceiveCredit(config.control_window)
         self._carry = 0
         self._inbox: deque[tuple[wire.Message, int | None, int]] = deque()
-        self._wakeup = asyncio.Event()
+        self._idle: asyncio.Future[None] | None = None  # the worker waits on it when idle
         self._credit_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._pending: dict[int, _Pending] = {}
         self._sweep: asyncio.TimerHandle | None = None
@@ -206,7 +206,8 @@ class Connection:
         the connection ends, :class:`LimitExceededError` (``limit.pending_requests``) if too
         many of our requests are already waiting.
         """
-        self._check_open()
+        if self.peer_id is None or self.closed.done():
+            self._check_open()
         if len(self._pending) >= self._config.max_pending_requests:
             raise LimitExceededError("too many pending requests", code="limit.pending_requests")
         budget = self._config.request_timeout if timeout is None else timeout
@@ -214,7 +215,8 @@ class Connection:
         future: asyncio.Future[wire.Message] = self._loop.create_future()
         deadline = self._loop.time() + budget
         self._pending[request_id] = _Pending(future, deadline, budget)
-        self._arm_sweep(deadline)
+        if self._sweep_at is None or deadline < self._sweep_at:
+            self._arm_sweep(deadline)
         try:
             data = wire.encode_frame(Request(request_id)) + self._encode(message)
             if not self._try_send(data):
@@ -225,18 +227,18 @@ class Connection:
 
     def _arm_sweep(self, deadline: float) -> None:
         """One timer per connection expires requests (not one per request: it is a hot path)."""
-        if self._sweep_at is None or deadline < self._sweep_at:
-            if self._sweep is not None:
-                self._sweep.cancel()
-            self._sweep = self._loop.call_at(deadline, self._expire_requests)
-            self._sweep_at = deadline
+        if self._sweep is not None:
+            self._sweep.cancel()
+        self._sweep = self._loop.call_at(deadline, self._expire_requests)
+        self._sweep_at = deadline
 
     def _expire_requests(self) -> None:
         self._sweep = self._sweep_at = None
         now = self._loop.time()
         for pending in self._pending.values():
             if pending.deadline > now:
-                self._arm_sweep(pending.deadline)
+                if self._sweep_at is None or pending.deadline < self._sweep_at:
+                    self._arm_sweep(pending.deadline)
             elif not pending.future.done():
                 pending.future.set_exception(
                     OperationTimeoutError(
@@ -390,7 +392,9 @@ class Connection:
             message, request_id = events[-1]
             inbox.append((message, request_id, self._carry))
             self._carry = 0
-            self._wakeup.set()
+            idle = self._idle
+            if idle is not None and not idle.done():
+                idle.set_result(None)
 
     def _authenticate(self, frames: list[wire.Message]) -> list[wire.Message]:
         """Feed frames to the auth machine until it is done; return the frames after that."""
@@ -406,8 +410,8 @@ class Connection:
         inbox = self._inbox
         while True:
             if not inbox:
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                self._idle = self._loop.create_future()
+                await self._idle
                 continue
             message, request_id, share = inbox.popleft()
             if request_id is not None:
