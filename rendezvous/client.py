@@ -81,24 +81,30 @@ class RendezvousClient:
         self.timeout = timeout
         self.mailbox = envelope.mailbox_id(transport.peer_id)
         self._conn: Connection | None = None
+        self._welcomed: Connection | None = None
         self._connecting: asyncio.Lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
     # ------------------------------------------------------------------ connection
 
     async def connect(self) -> Connection:
-        """The open connection to the server, dialing and saying hello if needed."""
+        """The open, welcomed connection to the server: dials and says hello as needed.
+
+        A refused hello (e.g. ``access.invite_required``) raises and leaves the connection
+        un-welcomed, so the next call says hello again on it.
+        """
         async with self._connecting:
             conn = self._conn
-            if conn is not None and conn.is_open:
-                return conn
-            conn = await self.transport.dial(
-                self.server.peer_id, [(self.server.host, self.server.port)]
-            )
-            conn.set_handler(self._on_frame)
-            self._conn = conn
-            await self._ask(p.Hello(self.invite), p.Welcome)
-            self._wake.set()  # drain what arrived while we were away
+            if conn is None or not conn.is_open:
+                conn = await self.transport.dial(
+                    self.server.peer_id, [(self.server.host, self.server.port)]
+                )
+                conn.set_handler(self._on_frame)
+                self._conn = conn
+            if self._welcomed is not conn:
+                await self._exchange(conn, p.Hello(self.invite), p.Welcome)
+                self._welcomed = conn
+                self._wake.set()  # drain what arrived while we were away
             return conn
 
     async def _on_frame(self, conn: Connection, message: wire.Message) -> wire.Message | None:
@@ -109,8 +115,11 @@ class RendezvousClient:
 
     async def _ask(self, request: wire.Message, expected: type[M]) -> M:
         conn = self._conn
-        if conn is None or not conn.is_open:
+        if conn is None or not conn.is_open or self._welcomed is not conn:
             conn = await self.connect()
+        return await self._exchange(conn, request, expected)
+
+    async def _exchange(self, conn: Connection, request: wire.Message, expected: type[M]) -> M:
         reply = await conn.request(request, timeout=self.timeout)
         if isinstance(reply, p.Refusal):
             raise RefusedError(reply.message, code=reply.code, retry_after=reply.retry_after)

@@ -197,7 +197,7 @@ async def test_dht_bootstrap_from_the_server(tmp_path: Path) -> None:
         key = records.discovery_key(alice.peer_id)
         configs = [DhtConfig(host="127.0.0.1", bootstrap=((host, int(port)),)) for _ in range(2)]
         async with DhtNode(configs[0], PeerRecordValidator()) as a:
-            assert await a.publish(key, record.encode()) >= 2  # the server accepted it too
+            assert await a.publish(key, record.encode()) >= 1  # at least the server accepted it
             async with DhtNode(configs[1], PeerRecordValidator()) as b:
                 assert await b.get(key) == record.encode()
     finally:

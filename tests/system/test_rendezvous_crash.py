@@ -19,11 +19,11 @@ import pytest
 
 from node import envelope
 from node.crypto import random_bytes
-from node.errors import PeerlineError
+from node.errors import PeerlineError, RefusedError
 from node.identity import Identity
 from node.transport import Transport
 from rendezvous.client import RendezvousClient
-from rendezvous.protocol import RendezvousAddress
+from rendezvous.protocol import RendezvousAddress, parse_invite_token
 
 pytestmark = pytest.mark.system
 
@@ -168,3 +168,54 @@ async def test_sigterm_metrics_and_logs_without_identifiers(tmp_path: Path) -> N
     assert "127.0.0.1" not in logs
     assert transport.peer_id.text() not in logs and address.peer_id.text() not in logs
     assert os.path.exists(tmp_path / "rv" / "identity.key")
+
+
+def admin_cli(directory: Path, *args: str) -> dict[str, object]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "--json",
+            "rendezvous",
+            "admin",
+            "--data",
+            str(directory),
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+async def test_invite_and_ban_by_admin_processes_beside_a_running_server(tmp_path: Path) -> None:
+    data = tmp_path / "rv"
+    async with server(data, "127.0.0.1:0", "--mode", "invite") as process:
+        address = RendezvousAddress.parse(process.info["address"])
+        token = str((await asyncio.to_thread(admin_cli, data, "invite", "create"))["invite"])
+        alice = Identity.generate()
+        async with Transport(alice) as transport:
+            client = RendezvousClient(
+                transport, address, invite=parse_invite_token(token), timeout=5.0
+            )
+            for _ in range(100):  # the server polls the access version
+                with contextlib.suppress(RefusedError):
+                    await client.connect()
+                    break
+                await asyncio.sleep(0.05)
+            conn = await client.connect()
+            assert await client.search("") == []
+            started = time.monotonic()
+            await asyncio.to_thread(admin_cli, data, "ban", alice.peer_id.text())
+            await asyncio.wait_for(asyncio.shield(conn.closed), 10)
+            assert time.monotonic() - started < 10
+            with pytest.raises(RefusedError) as refused:
+                await client.search("")
+            assert refused.value.code == "access.banned"
+        listing = await asyncio.to_thread(admin_cli, data, "list")
+        assert listing["banned"] == [alice.peer_id.text()] == listing["known"]
+        assert process.stop(signal.SIGTERM) == 0
