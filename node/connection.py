@@ -2,17 +2,22 @@
 
 This module is asyncio but knows nothing of aioquic: ``node/transport.py`` feeds it QUIC
 events (``handshake_complete``, ``stream_data``, ``stream_reset``, ``terminated``) and gives
-it a :class:`Link` to send through. The stream layout and credit rules are in
+it a :class:`~node.bulk.Link` to send through. The stream layout and credit rules are in
 :mod:`node.channel`; authentication is :mod:`node.auth`.
 
 Contracts:
 
 - Nothing but auth frames is processed before the peer is authenticated; data on any other
-  stream before that closes the connection (``auth.unexpected_frame``).
+  stream closes the connection (``auth.unexpected_frame``), except that a dialer keeps up to
+  ``INITIAL_CREDIT`` bytes the listener sent right after accepting it (QUIC may reorder them
+  before ``AuthOk``) and handles them once authenticated.
 - Inbound requests and one-way frames are handled **in order, one at a time** by one worker
   task per connection, which calls the handler. The bytes waiting for it are bounded by the
   control credit window; a peer that overruns the credit is disconnected (``limit.credit``).
+  So a handler must not wait for something only the same peer's handler on this connection
+  can produce (e.g. a request the peer answers by calling us back): that waits for a timeout.
 - ``send``/``request`` wait (up to ``request_timeout``) for credit: this is the backpressure.
+  Replies need no credit, so answering never blocks.
 - Every failure of the peer (garbage, overrun, bad proof) closes *this* connection with a
   reason code; nothing propagates to other connections.
 """
