@@ -47,6 +47,9 @@ CLIENTS = 100
 BATCH = 16
 """Envelopes per Deposit request in the batched row (a node flushing its outbox)."""
 DRAINERS = 10
+ROUNDS = 3
+"""Deposit and drain figures are the best of this many rounds, alternating with the ceiling
+(a shared 2-core machine is noisy)."""
 NODE_TARGET = 5_000
 _BENCH_TRANSPORT = TransportConfig(
     max_connections=NODE_TARGET * 2,
@@ -257,25 +260,25 @@ async def _nodes(
 
 async def _measure(quick: bool) -> list[Row]:
     sizes = _sizes(quick)
-    recipients = [Identity.generate() for _ in range(DRAINERS)]
-    batches = [
-        _envelopes([r.peer_id for r in recipients], sizes.deposits_per_client)
-        for _ in range(CLIENTS)
-    ]
+    sinks = [Identity.generate().peer_id for _ in range(DRAINERS)]
     ceilings: dict[str, float] = {}
-    async with _server("echo") as (address, echo):
-        for per_request in (1, BATCH):
-            ceilings[f"deposit{per_request}"] = await _deposit_rate(address, batches, per_request)
-        ceilings["drain"] = await _drain_rate(address, recipients, sizes.drain_per_owner)
-        _, ceilings["rss"] = await _nodes(address, echo, sizes.nodes, register_too=False)
     figures: dict[str, float] = {}
-    async with _server("serve") as (address, server):
-        figures["deposit1"] = await _deposit_rate(address, batches, 1)
-        fresh = [_envelopes([r.peer_id for r in recipients], len(b)) for b in batches]
-        figures[f"deposit{BATCH}"] = await _deposit_rate(address, fresh, BATCH)
-        fill = [_envelopes([r.peer_id], sizes.drain_per_owner) for r in recipients]
-        await _deposit_rate(address, fill, p.MAX_DEPOSIT_BATCH)
-        figures["drain"] = await _drain_rate(address, recipients, sizes.drain_per_owner)
+
+    def best(table: dict[str, float], key: str, value: float) -> None:
+        table[key] = max(table.get(key, 0.0), value)
+
+    async with _server("echo") as (echo_address, echo), _server("serve") as (address, server):
+        for _ in range(1 if quick else ROUNDS):  # alternate sides; keep each side's best
+            for n in (1, BATCH):
+                load = [_envelopes(sinks, sizes.deposits_per_client) for _ in range(CLIENTS)]
+                best(ceilings, f"deposit{n}", await _deposit_rate(echo_address, load, n))
+                best(figures, f"deposit{n}", await _deposit_rate(address, load, n))
+            owners = [Identity.generate() for _ in range(DRAINERS)]
+            fill = [_envelopes([o.peer_id], sizes.drain_per_owner) for o in owners]
+            await _deposit_rate(address, fill, p.MAX_DEPOSIT_BATCH)
+            best(ceilings, "drain", await _drain_rate(echo_address, owners, sizes.drain_per_owner))
+            best(figures, "drain", await _drain_rate(address, owners, sizes.drain_per_owner))
+        _, ceilings["rss"] = await _nodes(echo_address, echo, sizes.nodes, register_too=False)
         connected, kb_per_node = await _nodes(address, server, sizes.nodes, register_too=True)
     deposit_rows: list[Row] = [
         {
