@@ -167,6 +167,7 @@ class Node:
         self._unsaved: dict[PeerId, list[_Unsaved]] = {}
         self._committers: dict[PeerId, asyncio.Task[None]] = {}
         self._prekeys_dirty = False
+        self._sent_on: dict[bytes, tuple[Connection, float]] = {}
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._group: asyncio.TaskGroup | None = None
@@ -312,6 +313,7 @@ class Node:
             return
         self._dial_failed.pop(peer, None)
         self.emit("connected", peer=peer.text())
+        self._spawn(conn.send(Presence("online"), timeout=_NETWORK_TIMEOUT))
         self._outbox.peer_reachable(peer.key, self.clock())
         self._wake.set()
 
@@ -374,6 +376,8 @@ class Node:
             if isinstance(event, Attempt):
                 self._attempts.setdefault(PeerId(event.recipient), []).append(event)
             elif isinstance(event, StateChanged):
+                if event.state in ("delivered", "read", "failed"):
+                    self._sent_on.pop(event.message_id, None)
                 ops += self.history.state_ops(event.message_id, event.state, event.reason)
                 changes.append(event)
         if ops:
@@ -408,12 +412,14 @@ class Node:
             self._wake.set()
 
     async def _deliver_batch(self, peer: PeerId, ids: list[bytes]) -> None:
+        self._drop_silent_connection(peer, ids)
         conn = await self._connect(peer)
         ciphertexts = await self._ciphertexts(peer, ids, conn)
         now = self.clock()
         if conn is not None:
             for message_id, data in ciphertexts.items():
                 await conn.send(Deliver(message_id, data), timeout=_NETWORK_TIMEOUT)
+                self._sent_on[message_id] = (conn, now)
                 self._outbox.report(message_id, "sent", now)
             return
         for message_id, data in ciphertexts.items():
@@ -426,6 +432,20 @@ class Node:
             )
             stored = await self._deposit(sealed)
             self._outbox.report(message_id, "stored" if stored else "unreachable", now)
+
+    def _drop_silent_connection(self, peer: PeerId, ids: list[bytes]) -> None:
+        """A message already ``sent`` on the live connection got no receipt within the ack
+        timeout: the peer is most likely gone (a crash sends no close). Drop the connection
+        now rather than waiting for the QUIC idle timeout, so this attempt dials afresh."""
+        conn = self.transport.connection(peer)
+        if conn is None:
+            return
+        limit = self.clock() - self.config.retry.ack_timeout
+        for message_id in ids:
+            sent = self._sent_on.pop(message_id, None)
+            if sent is not None and sent[0] is conn and sent[1] <= limit:
+                conn.abort(CloseCode.TIMEOUT, "timeout: no receipts from the peer")
+                return
 
     async def _deposit(self, sealed: bytes) -> bool:
         for client in self.clients:
@@ -770,6 +790,7 @@ class Node:
         now = self.clock()
         late: list[bytes] = []
         for message_id in receipt.body.message_ids:
+            self._sent_on.pop(message_id, None)
             if self._outbox.entry(message_id) is not None:
                 self._outbox.report(message_id, outcome, now)
             elif outcome == "read":
