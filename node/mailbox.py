@@ -28,7 +28,7 @@ without I/O, whether a deposit is accepted; time is passed in as ``now``. Contra
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from node.backoff import TokenBuckets
@@ -37,6 +37,7 @@ from node.errors import LocalProtocolError
 __all__ = [
     "DAY",
     "Accepted",
+    "ExpiryHeap",
     "MailboxBook",
     "MailboxLimits",
     "Refused",
@@ -46,6 +47,7 @@ __all__ = [
 DAY = 86_400.0
 MAILBOX_ID_SIZE = 32
 ENVELOPE_ID_SIZE = 32
+_HEAP_SLACK = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,42 @@ class Refused:
     retry_after: float | None = None
 
 
+class ExpiryHeap:
+    """A lazy min-heap of ``(expires_at, key)`` over a table of live values.
+
+    Entries are not removed when their key is deleted or refreshed: :meth:`due` returns keys
+    whose entry is due and the caller re-checks the live value. So that a peer refreshing or
+    churning keys cannot grow the heap without bound, it is rebuilt from ``live()`` whenever it
+    holds more than twice the live count plus :data:`_HEAP_SLACK` entries (amortised O(1)).
+    """
+
+    def __init__(
+        self, live: Callable[[], Iterable[tuple[float, bytes]]], count: Callable[[], int]
+    ) -> None:
+        self._heap: list[tuple[float, bytes]] = []
+        self._live, self._count = live, count
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, expires_at: float, key: bytes) -> None:
+        heapq.heappush(self._heap, (expires_at, key))
+        if len(self._heap) > 2 * self._count() + _HEAP_SLACK:
+            self._heap = list(self._live())
+            heapq.heapify(self._heap)
+
+    def next(self) -> float | None:
+        """When the earliest entry is due (a stale entry may make this early: harmless)."""
+        return self._heap[0][0] if self._heap else None
+
+    def due(self, now: float) -> list[bytes]:
+        """Pop and return the keys of every entry due at ``now``."""
+        keys: list[bytes] = []
+        while self._heap and self._heap[0][0] <= now:
+            keys.append(heapq.heappop(self._heap)[1])
+        return keys
+
+
 @dataclass(slots=True)
 class _Box:
     entries: dict[bytes, StoredEnvelope] = field(default_factory=dict)
@@ -108,7 +146,9 @@ class MailboxBook:
         self.limits = limits or MailboxLimits()
         self._boxes: dict[bytes, _Box] = {}
         self._by_id: dict[bytes, StoredEnvelope] = {}
-        self._expiry: list[tuple[float, bytes]] = []
+        self._expiry = ExpiryHeap(
+            lambda: ((e.expires_at, k) for k, e in self._by_id.items()), lambda: len(self._by_id)
+        )
         self._bytes = 0
         self._senders = TokenBuckets(
             self.limits.sender_rate, self.limits.sender_burst, self.limits.max_senders
@@ -210,7 +250,7 @@ class MailboxBook:
         box.size += entry.size
         self._bytes += entry.size
         self._by_id[entry.envelope_id] = entry
-        heapq.heappush(self._expiry, (entry.expires_at, entry.envelope_id))
+        self._expiry.push(entry.expires_at, entry.envelope_id)
 
     def remove(self, mailbox_id: bytes, envelope_ids: Iterable[bytes]) -> list[StoredEnvelope]:
         """Remove the given ids *of this mailbox*; ids of other mailboxes are ignored."""
@@ -232,14 +272,13 @@ class MailboxBook:
     # -- timers -------------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        """When the next envelope expires (stale heap entries may make this early: harmless)."""
-        return self._expiry[0][0] if self._expiry else None
+        """When the next envelope expires (possibly early: harmless)."""
+        return self._expiry.next()
 
     def handle_timer(self, now: float) -> list[StoredEnvelope]:
         """Remove and return every envelope whose expiry is at or before ``now``."""
         expired: list[StoredEnvelope] = []
-        while self._expiry and self._expiry[0][0] <= now:
-            _, envelope_id = heapq.heappop(self._expiry)
+        for envelope_id in self._expiry.due(now):
             entry = self._by_id.get(envelope_id)
             if entry is not None and entry.expires_at <= now:
                 expired.extend(self.remove(entry.mailbox_id, [envelope_id]))

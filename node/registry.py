@@ -21,14 +21,14 @@ Refusals are :class:`node.mailbox.Refused` values with stable codes (README Prot
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from node.crypto import blake2b
-from node.mailbox import Refused
+from node.mailbox import ExpiryHeap, Refused
 
 __all__ = [
     "AccessMode",
@@ -50,24 +50,14 @@ HOUR = 3600.0
 _INVITE_PERSON = b"peerline/invite"
 
 
-class _Expiring:
-    """A lazy expiry heap over keys of a dict of values with an ``expires_at``."""
+class _Expires(Protocol):
+    @property
+    def expires_at(self) -> float: ...
 
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, bytes]] = []
 
-    def push(self, expires_at: float, key: bytes) -> None:
-        heapq.heappush(self._heap, (expires_at, key))
-
-    def next(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
-
-    def due(self, now: float) -> list[bytes]:
-        """Keys whose heap entry is due; the caller re-checks the live value (entries are lazy)."""
-        keys: list[bytes] = []
-        while self._heap and self._heap[0][0] <= now:
-            keys.append(heapq.heappop(self._heap)[1])
-        return keys
+def _expiry_of(entries: Mapping[bytes, _Expires]) -> ExpiryHeap:
+    """An expiry heap kept bounded by the live ``entries``."""
+    return ExpiryHeap(lambda: ((e.expires_at, k) for k, e in entries.items()), lambda: len(entries))
 
 
 # --------------------------------------------------------------------------- presence
@@ -96,7 +86,7 @@ class Presence:
     def __init__(self, limits: PresenceLimits | None = None) -> None:
         self.limits = limits or PresenceLimits()
         self._entries: dict[bytes, PresenceEntry] = {}
-        self._expiry = _Expiring()
+        self._expiry = _expiry_of(self._entries)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -202,7 +192,7 @@ class Directory:
     def __init__(self, limits: DirectoryLimits | None = None) -> None:
         self.limits = limits or DirectoryLimits()
         self._entries: dict[bytes, DirectoryEntry] = {}
-        self._expiry = _Expiring()
+        self._expiry = _expiry_of(self._entries)
 
     def __len__(self) -> int:
         return len(self._entries)

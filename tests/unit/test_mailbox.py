@@ -132,3 +132,13 @@ def test_usage_never_exceeds_quota_and_accounting_adds_up(
             count, used = book.usage(mailbox)
             assert count <= limits.max_count and used <= limits.max_bytes
         assert book.total_bytes == sum(book.usage(m)[1] for m in (ALICE, BOB))
+
+
+def test_expiry_heap_stays_bounded_when_envelopes_are_acked() -> None:
+    book = MailboxBook(MailboxLimits(sender_rate=1e9, sender_burst=10**9))
+    for i in range(5000):
+        book.deposit(ALICE, eid(i), 1, None, sender=SENDER, now=0.0)
+        book.remove(ALICE, [eid(i)])
+    book.deposit(ALICE, eid(-1 % 2**32), 1, 5.0, sender=SENDER, now=0.0)
+    assert len(book._expiry) <= 2 * len(book) + 64
+    assert [e.envelope_id for e in book.handle_timer(5.0)] == [eid(-1 % 2**32)]

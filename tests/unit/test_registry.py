@@ -169,3 +169,16 @@ def test_invite_tokens_count_uses_and_expire() -> None:
     expired = rules.admit(P2, token, 100.0)
     assert isinstance(expired, Refused) and expired.code == "access.invite_expired"
     assert rules.revoked([P1, P2]) == [P2]
+
+
+def test_expiry_heaps_stay_bounded_under_refresh_churn() -> None:
+    presence = Presence()
+    directory = Directory()
+    for i in range(5000):
+        register(presence, P1, 1, None, now=float(i))
+        publish(directory, P1, EntryKind.ACCOUNT, P1, "x", now=float(i))
+    assert len(presence._expiry) <= 2 * len(presence) + 64
+    assert len(directory._expiry) <= 2 * len(directory) + 64
+    # Rebuilding keeps the live expiry: nothing is dropped early, nothing kept late.
+    assert presence.handle_timer(4999 + 2 * HOUR - 1) == []
+    assert presence.handle_timer(4999 + 2 * HOUR) == [P1]
