@@ -104,3 +104,24 @@ async def test_control_socket_is_private_validated_and_bounded(tmp_path: Path) -
             await server.aclose()
         with pytest.raises(control.NodeNotRunningError):
             await control.call(home, "status", {})
+
+
+async def test_ttl_erases_on_both_sides_and_keep_no_history(tmp_path: Path) -> None:
+    async with running(tmp_path / "a", "alice") as alice, running(tmp_path / "b", "bob") as bob:
+        await bob.contacts.set_policy("allow")
+        target = await alice.contacts.resolve(bob.invite())
+        await alice.contacts.add(target, alias="bob", name=None, now=alice.clock())
+        bob_events = bob.subscribe()
+        await alice.send(bob.peer_id, "self-destructs", ttl=1.0)
+        await next_event(bob_events, event="message", text="self-destructs")
+        await bob.history.set_keep_history(alice.peer_id, False, bob.clock())
+        await alice.send(bob.peer_id, "read once")
+        await next_event(bob_events, event="message", text="read once")
+        async with asyncio.timeout(10):
+            while (await alice.history.page(bob.peer_id))[0][-1].text == "self-destructs":
+                await asyncio.sleep(0.2)
+            while len((await bob.history.page(alice.peer_id))[0]) != 1:
+                await asyncio.sleep(0.2)
+        assert await bob.mark_read(alice.peer_id) == 1
+        assert (await bob.history.page(alice.peer_id))[0] == []
+        assert [m.text for m in (await alice.history.page(bob.peer_id))[0]] == ["read once"]
