@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -193,6 +194,7 @@ class Directory:
         self.limits = limits or DirectoryLimits()
         self._entries: dict[bytes, DirectoryEntry] = {}
         self._expiry = _expiry_of(self._entries)
+        self._groups: Counter[bytes] = Counter()  # listed groups per owner
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -219,7 +221,7 @@ class Directory:
         if held is not None and held.owner != owner:
             return Refused("directory.not_owner", "this entry belongs to another peer")
         if not listed:
-            self._entries.pop(entry_id, None)
+            self._drop(entry_id)
             return None
         refusal = self._check_room(owner, kind, held, name, ttl)
         if refusal is not None:
@@ -228,6 +230,9 @@ class Directory:
         entry = DirectoryEntry(
             kind, entry_id, owner, name, description, now + lifetime, normalize_name(name)
         )
+        self._drop(entry_id)
+        if kind is EntryKind.GROUP:
+            self._groups[owner] += 1
         self._entries[entry_id] = entry
         self._expiry.push(entry.expires_at, entry_id)
         return entry
@@ -248,16 +253,21 @@ class Directory:
             return None
         if len(self._entries) >= self.limits.max_entries:
             return Refused("directory.full", "the directory is full")
-        if kind is EntryKind.GROUP:
-            owned = sum(1 for e in self._entries.values() if e.owner == owner)
-            if owned >= self.limits.max_groups_per_owner:
-                return Refused("directory.too_many", "too many groups listed by this peer")
+        if kind is EntryKind.GROUP and self._groups[owner] >= self.limits.max_groups_per_owner:
+            return Refused("directory.too_many", "too many groups listed by this peer")
         return None
 
     def remove_owner(self, owner: bytes) -> None:
         """Withdraw everything a peer listed (used when it is banned)."""
         for entry_id in [k for k, e in self._entries.items() if e.owner == owner]:
-            del self._entries[entry_id]
+            self._drop(entry_id)
+
+    def _drop(self, entry_id: bytes) -> None:
+        entry = self._entries.pop(entry_id, None)
+        if entry is not None and entry.kind is EntryKind.GROUP:
+            self._groups[entry.owner] -= 1
+            if self._groups[entry.owner] <= 0:
+                del self._groups[entry.owner]
 
     def search(self, query: str, now: float, limit: int) -> list[DirectoryEntry]:
         """Live entries whose normalized name contains the normalized query, sorted by name."""
@@ -273,7 +283,7 @@ class Directory:
         for entry_id in self._expiry.due(now):
             entry = self._entries.get(entry_id)
             if entry is not None and entry.expires_at <= now:
-                del self._entries[entry_id]
+                self._drop(entry_id)
 
 
 # --------------------------------------------------------------------------- access control

@@ -182,3 +182,17 @@ def test_expiry_heaps_stay_bounded_under_refresh_churn() -> None:
     # Rebuilding keeps the live expiry: nothing is dropped early, nothing kept late.
     assert presence.handle_timer(4999 + 2 * HOUR - 1) == []
     assert presence.handle_timer(4999 + 2 * HOUR) == [P1]
+
+
+def test_group_cap_is_released_by_withdrawal_and_expiry() -> None:
+    directory = Directory(DirectoryLimits(default_ttl=10.0, max_groups_per_owner=1))
+    assert isinstance(publish(directory, P1, EntryKind.GROUP, b"g" * 32, "G"), DirectoryEntry)
+    assert publish(directory, P1, EntryKind.GROUP, b"g" * 32, "G", listed=False) is None
+    assert isinstance(publish(directory, P1, EntryKind.GROUP, b"h" * 32, "H"), DirectoryEntry)
+    assert isinstance(publish(directory, P1, EntryKind.GROUP, b"h" * 32, "H2"), DirectoryEntry)
+    directory.handle_timer(10.0)
+    assert isinstance(
+        publish(directory, P1, EntryKind.GROUP, b"i" * 32, "I", now=10.0), DirectoryEntry
+    )
+    refused = publish(directory, P1, EntryKind.GROUP, b"j" * 32, "J", now=10.0)
+    assert isinstance(refused, Refused) and refused.code == "directory.too_many"
