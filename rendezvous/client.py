@@ -220,7 +220,7 @@ class RendezvousClient:
                 for item in fetched.items:
                     await store(item.envelope_id, item.envelope)
                     stored.append(item.envelope_id)
-            except BaseException:
+            except Exception:  # (a cancelled drain acks nothing: those envelopes come again)
                 if stored:  # ack what is safely stored, then report the failure
                     await self._ask(p.Ack(self.mailbox, stored), p.Acked)
                 raise
