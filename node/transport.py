@@ -52,11 +52,7 @@ from node.channel import CloseCode, CloseInfo
 from node.config import TransportConfig
 from node.connection import BulkHandler, Connection, Handler
 from node.crypto import Rng, random_bytes
-from node.errors import (
-    DialError,
-    LimitExceededError,
-    LocalProtocolError,
-)
+from node.errors import ConfigError, DialError, LimitExceededError, LocalProtocolError
 from node.identity import Identity, PeerId
 from node.peers import Address, Dialer, PeerTable
 
@@ -73,6 +69,9 @@ log = logging.getLogger(__name__)
 
 ALPN = "peerline/1"
 _CID_LENGTH = 8
+_READ_BATCH = 64  # datagrams read per socket wake-up
+_MAX_DATAGRAM = 65535
+_SOCKET_BUFFER = 1 << 20  # asked for; the kernel caps it (net.core.rmem_max)
 
 
 def peer_certificate_key(quic: QuicConnection) -> bytes | None:
@@ -176,25 +175,17 @@ class _Link:
 
     # -- QUIC driving
 
-    def first_datagram(self, data: bytes, address: tuple[object, ...]) -> None:
-        """An accepted connection's ClientHello; the listener's machine starts after it."""
+    def receive(self, data: bytes, address: tuple[object, ...]) -> None:
+        """One datagram for this connection. The caller transmits after its read batch, so
+        the ACKs of several datagrams leave together."""
         try:
             self.quic.receive_datagram(data, address, now=self._loop.time())
-            self.start(None)  # the challenge needs the peer's stream limits from the hello
-            self._process_events()
-        except Exception:
-            log.exception("QUIC connection failed on its first datagram")
-            self.close(CloseCode.INTERNAL, "transport.internal: datagram processing failed")
-        self.transmit()
-
-    def datagram_received(self, data: bytes, address: tuple[object, ...]) -> None:
-        try:
-            self.quic.receive_datagram(data, address, now=self._loop.time())
+            if self.connection is None:  # an accepted connection's ClientHello: the
+                self.start(None)  # challenge needs the stream limits it carries
             self._process_events()
         except Exception:  # a library bug must cost one connection, never the socket
             log.exception("QUIC connection failed on a datagram")
             self.close(CloseCode.INTERNAL, "transport.internal: datagram processing failed")
-        self.transmit()
 
     def transmit(self) -> None:
         self._transmit_handle = None
@@ -273,17 +264,6 @@ class _Link:
             self.connection.terminated(CloseInfo(CloseCode.SHUTDOWN, "transport.shutdown", False))
 
 
-class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
-
-    def datagram_received(self, data: bytes, addr: tuple[object, ...]) -> None:
-        self._transport.datagram_received(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("UDP error: %s", exc)
-
-
 class Transport:
     """A node's QUIC endpoint: one socket, authenticated connections, configured limits.
 
@@ -327,8 +307,10 @@ class Transport:
             ),
             rng,
         )
-        self._udp: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        self._address: Address | None = None
         self._ipv6 = False
+        self._dirty: set[_Link] = set()
         self._closing = False
         self._retry = QuicRetryTokenHandler()
         certificate, key = self_signed_certificate(identity)
@@ -355,25 +337,45 @@ class Transport:
         return asyncio.get_running_loop()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Bind the UDP socket (``"::"`` gives a dual-stack socket)."""
-        if self._udp is not None:
+        """Bind the UDP socket (``"::"`` gives a dual-stack socket).
+
+        Raises :class:`ConfigError` (``transport.bind``) if the address cannot be bound.
+        """
+        if self._sock is not None:
             raise LocalProtocolError("transport already started", code="transport.started")
-        udp, _ = await self.loop.create_datagram_endpoint(
-            lambda: _Endpoint(self), local_addr=(host, port)
-        )
-        self._udp = udp
-        self._ipv6 = udp.get_extra_info("socket").family == socket.AF_INET6
+        try:
+            infos = await self.loop.getaddrinfo(
+                host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+            )
+            family, _, _, _, sockaddr = infos[0]
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise ConfigError(f"cannot bind {host}:{port}: {exc}", code="transport.bind") from None
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+            sock.setblocking(False)
+            sock.bind(sockaddr)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot bind {host}:{port}: {exc}", code="transport.bind") from None
+        self._sock = sock
+        self._ipv6 = family == socket.AF_INET6
+        bound_host, bound_port = sock.getsockname()[:2]
+        self._address = (str(bound_host), int(bound_port))
+        self.loop.add_reader(sock.fileno(), self._on_readable)
 
     @property
     def address(self) -> Address:
         """The bound ``(host, port)``."""
-        if self._udp is None:
+        if self._address is None:
             raise LocalProtocolError("transport not started", code="transport.not_started")
-        host, port = self._udp.get_extra_info("sockname")[:2]
-        return str(host), int(port)
+        return self._address
 
     async def __aenter__(self) -> Transport:
-        if self._udp is None:
+        if self._sock is None:
             await self.start()
         return self
 
@@ -394,8 +396,10 @@ class Transport:
         )
         for link in list(self._links):
             link.dispose()
-        if self._udp is not None:
-            self._udp.close()
+        if self._sock is not None:
+            if self._sock.fileno() >= 0:
+                self.loop.remove_reader(self._sock.fileno())
+            self._sock.close()
 
     # ------------------------------------------------------------------ application API
 
@@ -437,7 +441,7 @@ class Transport:
     # ------------------------------------------------------------------ links and limits
 
     def _check_running(self) -> None:
-        if self._udp is None or self._closing:
+        if self._sock is None or self._closing:
             raise LocalProtocolError("transport is not running", code="transport.not_running")
 
     def _refusal_reason(self, ip: str) -> str | None:
@@ -517,14 +521,40 @@ class Transport:
                 self._per_ip.pop(link.ip, None)
 
     def sendto(self, data: bytes, address: tuple[object, ...]) -> None:
-        if self._udp is not None and not self._udp.is_closing():
-            self._udp.sendto(data, address)
+        """Send one datagram; a full socket buffer drops it (QUIC recovers lost packets)."""
+        if self._sock is None or self._sock.fileno() < 0:
+            return
+        try:
+            self._sock.sendto(data, address)
+        except OSError as exc:  # EAGAIN, unreachable network, ...
+            log.debug("datagram to %s not sent: %s", address[0], exc)
 
     # ------------------------------------------------------------------ inbound datagrams
 
+    def _on_readable(self) -> None:
+        """Read up to a batch of datagrams, route them, then transmit once per connection.
+
+        Reading a batch per wake-up (asyncio's datagram transport reads one) saves a loop turn
+        per datagram, and lets the ACKs for a burst leave in one packet.
+        """
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(_READ_BATCH):
+            try:
+                data, address = sock.recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. an ICMP error about an earlier send
+                log.debug("UDP receive error: %s", exc)
+                continue
+            self.datagram_received(data, address)
+        dirty, self._dirty = self._dirty, set()
+        for link in dirty:
+            link.transmit()
+
     def datagram_received(self, data: bytes, address: tuple[object, ...]) -> None:
-        """Route one datagram. Nothing a datagram contains may raise out of here: an exception
-        in a datagram protocol makes asyncio close the socket, i.e. kill the node."""
+        """Route one datagram. Nothing a datagram contains may raise out of here."""
         try:
             self._route(data, address)
         except Exception:
@@ -535,7 +565,8 @@ class Transport:
         if data and not data[0] & 0x80:  # short header: our CID follows the first byte
             link = self._cids.get(data[1 : 1 + _CID_LENGTH])
             if link is not None:
-                link.datagram_received(data, address)
+                link.receive(data, address)
+                self._dirty.add(link)
             else:
                 self.dropped_datagrams += 1
             return
@@ -546,7 +577,8 @@ class Transport:
             return
         link = self._cids.get(header.destination_cid)
         if link is not None:
-            link.datagram_received(data, address)
+            link.receive(data, address)
+            self._dirty.add(link)
             return
         if (
             self._closing
@@ -608,7 +640,8 @@ class Transport:
         link = self._add_link(quic, address)
         self.add_cid(destination_cid, link)
         self.add_cid(quic.host_cid, link)
-        link.first_datagram(data, address)
+        link.receive(data, address)
+        self._dirty.add(link)
 
     # ------------------------------------------------------------------ Observer
 

@@ -296,7 +296,9 @@ async def test_keepalive_holds_an_idle_connection_and_a_silent_peer_idles_out() 
         conn = await a.dial(b.peer_id, [b.address])
         await asyncio.sleep(0.9)  # three idle timeouts: only the pings keep it open
         assert conn.is_open and await conn.request(Note("still")) == Note("re:still")
-        b._udp.close()  # type: ignore[union-attr]  # the peer vanishes without a close
+        assert b._sock is not None  # the peer vanishes without a close:
+        b.loop.remove_reader(b._sock.fileno())
+        b._sock.close()
         assert await _closed(conn, 3.0) is not None
         assert a.connections == []
 
