@@ -129,10 +129,16 @@ def status(ctx: click.Context) -> None:
         f"rendezvous  {', '.join(r['server'] for r in result['rendezvous']) or '-'}",
         f"mdns        {'on' if result['mdns']['on'] else 'off'}"
         f" ({len(result['mdns']['peers'])} peers seen)",
-        f"dht         {result['dht']['state'] if not result['dht']['on'] else 'on'}",
+        f"dht         {_dht_text(result['dht'])}",
         f"queued      {result['queued']}",
     ]
     _show(ctx, result, "\n".join(lines))
+
+
+def _dht_text(dht: dict[str, Any]) -> str:
+    if not dht["on"]:
+        return "off"
+    return f"on at {dht['listen']} ({dht['routing_table']} nodes known)"
 
 
 @click.command()

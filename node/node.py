@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dht.node import DhtConfig, DhtNode
+from dht.values import PeerRecordValidator
 from node import envelope, prekeys, records, session, wire
 from node.channel import CloseCode
 from node.config import TransportConfig
@@ -42,6 +44,7 @@ from node.errors import PeerlineError, UsageError
 from node.history import History, Status
 from node.home import DB_FILE
 from node.identity import Identity, PeerId
+from node.lookup import AddressLookup, DhtLookup
 from node.mdns import MdnsDiscovery
 from node.messaging import (
     DEFAULT_LIFETIME,
@@ -148,6 +151,7 @@ class Node:
             for text in config.rendezvous
         ]
         self.mdns: MdnsDiscovery | None = None
+        self.dht: DhtNode | None = None
         self._outbox = Outbox(rng, config.retry)
         self._wake = asyncio.Event()
         self._sessions: dict[PeerId, session.Session] = {}
@@ -207,11 +211,30 @@ class Node:
             self.mdns = MdnsDiscovery(interfaces=interfaces, on_record=self._on_record)
             await self.mdns.start()
             self._spawn(self.mdns.advertise(self.record(), self.transport.address[1]))
+        if self.config.dht:
+            await self._start_dht()
         for client in self.clients:
             self._spawn(client.run(self.record, self._store_envelope))
         self._spawn(self._outbox_loop())
         self._spawn(self._receipt_loop())
         self._spawn(self._housekeeping_loop())
+
+    async def _start_dht(self) -> None:
+        host, port = self.config.dht_listen or (self.config.listen[0], 0)
+        config = DhtConfig(host=host, port=port, bootstrap=self.config.bootstrap)
+        self.dht = DhtNode(config, PeerRecordValidator())
+        await self.dht.start()
+        self._spawn(self._dht_publish_loop(DhtLookup(self.dht)))
+
+    async def _dht_publish_loop(self, lookup: DhtLookup) -> None:
+        """Keep our record in the DHT: now, then at half its lifetime (and retry on failure)."""
+        while True:
+            try:
+                stored = await lookup.publish(self.record())
+            except PeerlineError as exc:
+                log.info("DHT publish failed: %s", exc.code)
+                stored = 0
+            await asyncio.sleep(_RECORD_TTL / 2 if stored > 1 else 5.0)
 
     def _spawn(self, coro: Any) -> None:
         assert self._group is not None
@@ -233,6 +256,8 @@ class Node:
         await asyncio.gather(*self._tasks, *self._senders.values(), return_exceptions=True)
         if self.mdns is not None:
             await self.mdns.aclose()
+        if self.dht is not None:
+            await self.dht.aclose()
         await self.transport.aclose()
         for queue in self._subscribers:
             _offer(queue, None)
@@ -478,9 +503,14 @@ class Node:
         contact = await self.contacts.get(peer)
         if contact is not None:
             found += [parse_hostport(text) for text in contact.addresses]
-        if self.mdns is not None:
-            for record in await self.mdns.lookup(peer):
-                found += record.addresses
+        sources: list[AddressLookup] = [] if self.mdns is None else [self.mdns]
+        if self.dht is not None:
+            sources.append(DhtLookup(self.dht))
+        for source in sources:
+            with contextlib.suppress(PeerlineError, OSError, TimeoutError):
+                async with asyncio.timeout(_NETWORK_TIMEOUT):
+                    for record in await source.lookup(peer):
+                        found += record.addresses
         for client in self.clients:
             with contextlib.suppress(PeerlineError, OSError, TimeoutError):
                 async with asyncio.timeout(_NETWORK_TIMEOUT):
@@ -601,9 +631,16 @@ class Node:
                 {"server": c.server.text(), "mailbox": c.mailbox.hex()} for c in self.clients
             ],
             "mdns": {"on": self.mdns is not None, "peers": self._mdns_peers()},
-            "dht": {"on": False, "state": "not available in this build"},
+            "dht": self._dht_status(),
             "queued": len(self._outbox),
         }
+
+    def _dht_status(self) -> dict[str, Any]:
+        if self.dht is None:
+            return {"on": False}
+        host, port = self.dht.address
+        table = sum(len(bucket) for bucket in self.dht.protocol.router.buckets)
+        return {"on": True, "listen": f"{host}:{port}", "routing_table": table}
 
     def _mdns_peers(self) -> list[str]:
         if self.mdns is None:

@@ -361,3 +361,27 @@ def test_bad_input_is_one_line_nonzero_and_queues_nothing(tmp_path: Path) -> Non
     queued = cli_json(home, "send", "bob", "queued while offline")
     assert queued["state"] == "queued"
     assert [m["state"] for m in cli_json(home, "history", "bob")["messages"]] == ["queued"]
+
+
+async def test_dht_discovery_and_prekeys_over_the_connection(tmp_path: Path) -> None:
+    """No mDNS, no rendezvous, no invite: the PeerId alone, found through the DHT."""
+    alice_home, bob_home = make_home(tmp_path, "alice"), make_home(tmp_path, "bob")
+    with processes() as started:
+        bob = NodeProcess(bob_home, "--no-mdns", "--dht", "--dht-listen", "127.0.0.1:0")
+        started.append(bob)
+        await bob.start()
+        bob_dht = cli_json(bob_home, "status")["dht"]["listen"]
+        alice = NodeProcess(alice_home, "--no-mdns", "--dht", "--bootstrap", bob_dht)
+        started.append(alice)
+        await alice.start()
+        cli(alice_home, "contacts", "add", bob.peer_id, "--name", "bob")
+        cli(bob_home, "contacts", "add", alice.peer_id, "--name", "alice")
+        sent = cli_json(alice_home, "send", "bob", "found you in the DHT")
+
+        async def delivered() -> bool:
+            page = await alice.call("history", peer="bob")
+            return bool(page["messages"][0]["state"] == "delivered")
+
+        await wait_for(delivered, "delivery via a DHT-found address")
+        assert history(bob_home, "alice")[0]["id"] == sent["id"]
+        assert alice.stop() == 0 and bob.stop() == 0
