@@ -160,7 +160,9 @@ async def _read(api: Api, args: Args) -> Result:
     target = await _peer(api, args)
     if api.node is not None:
         return {"read": await api.node.mark_read(target.peer_id)}
-    info = await api.history.require(target.peer_id)
+    info = await api.history.conversation(target.peer_id)
+    if info is None:
+        return {"read": 0}
     ids = await api.history.unread(target.peer_id)
     await api.store.write(api.history.read_ops(ids, info))
     return {"read": len(ids)}

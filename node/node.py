@@ -576,9 +576,9 @@ class Node:
 
     async def mark_read(self, peer: PeerId) -> int:
         """Mark the conversation read; read receipts go out unless turned off for ``peer``."""
-        info = await self.history.require(peer)
-        ids = await self.history.unread(peer)
-        if ids:
+        info = await self.history.conversation(peer)
+        ids = [] if info is None else await self.history.unread(peer)
+        if info is not None and ids:
             await self.store.write(self.history.read_ops(ids, info))
             contact = await self.contacts.get(peer)
             if peer != self.peer_id and (contact is None or contact.read_receipts):
