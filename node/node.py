@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -298,18 +300,30 @@ class Node:
             self.identity,
             seq=int(now * 1000),
             expires=int(now) + _RECORD_TTL,
-            addresses=[self.transport.address],
+            addresses=self.advertised(),
             mailboxes=[c.server.text() for c in self.clients],
             prekeys_hash=bundle.digest(),
         )
 
-    def invite(self) -> str:
+    def advertised(self) -> list[tuple[str, int]]:
+        """Where peers can reach us: the bound address, or when bound to a wildcard, the
+        ``--mdns-interface`` addresses, else this host's addresses (loopback last)."""
         host, port = self.transport.address
+        if not ipaddress.ip_address(host).is_unspecified:
+            return [(host, port)]
+        hosts = list(self.config.mdns_interfaces)
+        if not hosts:
+            with contextlib.suppress(OSError):
+                hosts = socket.gethostbyname_ex(socket.gethostname())[2]
+        hosts = [h for h in hosts if not ipaddress.ip_address(h).is_loopback] + ["127.0.0.1"]
+        return [(h, port) for h in dict.fromkeys(hosts)][: records.MAX_ADDRESSES]
+
+    def invite(self) -> str:
         return format_invite(
             make_invite(
                 self.identity,
                 self.name,
-                [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+                [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.advertised()],
                 [c.server.text() for c in self.clients],
                 self.prekey_bundle(max_one_time=0),
             )
