@@ -17,6 +17,15 @@ carry :class:`BulkData` frames, with their own credit running the other way on t
 
 Every receiver must allow :data:`INITIAL_CREDIT` bytes before its first grant; each side sends
 ``Credit(window)`` as soon as the connection is authenticated.
+
+Closing: :class:`Goodbye` on the control stream asks the peer to handle everything sent before
+it, echo it on its reply stream and let us close (graceful); a Goodbye on the reply stream that
+answers nothing means the peer is closing now (abort). Either way the QUIC close carries a
+:class:`CloseCode` and a reason phrase starting with a dotted error code, which
+:meth:`CloseInfo.error` turns back into a typed error.
+
+Frame type ids 0x01..0x0F are the transport's (0x01..0x03 auth, 0x04..0x09 here); applications
+register theirs from :data:`FIRST_APPLICATION_TYPE` (0x10) up with ``@wire.frame``.
 """
 
 from __future__ import annotations
