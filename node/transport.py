@@ -151,6 +151,11 @@ class _Link:
         except (ValueError, AssertionError) as exc:  # stream reset/finished by the peer
             log.debug("dropped data for stream %d: %s", stream_id, exc)
             return
+        self.transmit_soon()
+
+    def transmit_soon(self) -> None:
+        """Transmit at the end of this loop turn: after a datagram, the tasks it woke (a handler
+        answering a request) run first, so the answer and the ACK leave in one packet."""
         if self._transmit_handle is None:
             self._transmit_handle = self._loop.call_soon(self.transmit)
 
@@ -535,7 +540,7 @@ class Transport:
         """Read up to a batch of datagrams, route them, then transmit once per connection.
 
         Reading a batch per wake-up (asyncio's datagram transport reads one) saves a loop turn
-        per datagram, and lets the ACKs for a burst leave in one packet.
+        per datagram, and lets the ACKs for a burst leave in one packet with any answer.
         """
         sock = self._sock
         if sock is None:
@@ -551,7 +556,7 @@ class Transport:
             self.datagram_received(data, address)
         dirty, self._dirty = self._dirty, set()
         for link in dirty:
-            link.transmit()
+            link.transmit_soon()
 
     def datagram_received(self, data: bytes, address: tuple[object, ...]) -> None:
         """Route one datagram. Nothing a datagram contains may raise out of here."""
