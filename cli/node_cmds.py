@@ -26,6 +26,9 @@ from node import control
 from node.daemon import load_config, run_daemon
 from node.home import DB_FILE, read_public_identity
 from node.store import Store
+from node.transport import Transport
+from rendezvous.client import RendezvousClient
+from rendezvous.protocol import RendezvousAddress
 
 __all__ = ["NODE_COMMANDS", "invoke"]
 
@@ -99,7 +102,14 @@ def run_command(
             click.echo(_event_text(event))
         sys.stdout.flush()
 
-    run(run_daemon(home, config, passphrase=passphrase, on_event=on_event))
+    for server in config.rendezvous:
+        RendezvousAddress.parse(server)  # a bad address is bad input, before anything starts
+    factory = _rendezvous_client
+    run(run_daemon(home, config, passphrase=passphrase, on_event=on_event, mailboxes=factory))
+
+
+def _rendezvous_client(transport: Transport, address: str) -> RendezvousClient:
+    return RendezvousClient(transport, RendezvousAddress.parse(address), timeout=10.0)
 
 
 def _event_text(event: dict[str, Any]) -> str:

@@ -14,6 +14,8 @@ Settings come from ``HOME/config.toml`` and then from command-line flags, which 
 The daemon holds an exclusive lock on ``HOME/node.lock`` (one node per home), serves the
 control socket, reports events through ``on_event`` (the first is
 ``{"event": "ready", "peer_id", "listen"}``) and stops gracefully on SIGINT or SIGTERM.
+Rendezvous clients come from the caller's ``mailboxes`` factory (the ``node`` package does not
+import ``rendezvous``).
 """
 
 from __future__ import annotations
@@ -33,8 +35,7 @@ from node.control import ControlServer
 from node.errors import ConfigError, PeerlineError, StorageError
 from node.home import CONFIG_FILE, load_identity, read_public_identity
 from node.messaging import parse_hostport
-from node.node import Node, NodeConfig
-from rendezvous.protocol import RendezvousAddress
+from node.node import MailboxFactory, Node, NodeConfig
 
 __all__ = ["LOCK_FILE", "NodeRunningError", "load_config", "run_daemon"]
 
@@ -107,10 +108,7 @@ def load_config(home: Path, overrides: Mapping[str, Any]) -> NodeConfig:
         peers = tuple(_address(a, "bootstrap") for a in _strings(settings["bootstrap"], "x"))
         config = replace(config, bootstrap=peers)
     if "rendezvous" in settings:
-        servers = _strings(settings["rendezvous"], "rendezvous")
-        for server in servers:
-            RendezvousAddress.parse(server)  # refuse a bad address before starting
-        config = replace(config, rendezvous=servers)
+        config = replace(config, rendezvous=_strings(settings["rendezvous"], "rendezvous"))
     return config
 
 
@@ -136,6 +134,7 @@ async def run_daemon(
     *,
     passphrase: bytes | None,
     on_event: Callable[[dict[str, Any]], None],
+    mailboxes: MailboxFactory | None = None,
 ) -> None:
     """Run the node until SIGINT/SIGTERM; ``on_event`` sees ``ready`` and every later event."""
     identity = await load_identity(home, passphrase)
@@ -145,7 +144,7 @@ async def run_daemon(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     with _home_lock(home):
-        async with Node.open(home, identity, config, public.name) as node:
+        async with Node.open(home, identity, config, public.name, mailboxes) as node:
             server = ControlServer(node, home)
             await server.start()
             queue = node.subscribe()

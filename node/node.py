@@ -29,10 +29,10 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dht.node import DhtConfig, DhtNode
 from dht.values import PeerRecordValidator
@@ -42,7 +42,7 @@ from node.config import TransportConfig
 from node.connection import Connection
 from node.contacts import Contacts
 from node.crypto import Rng, random_bytes
-from node.errors import PeerlineError, UsageError
+from node.errors import LocalProtocolError, PeerlineError, UsageError
 from node.history import History, Status
 from node.home import DB_FILE
 from node.identity import Identity, PeerId
@@ -81,10 +81,8 @@ from node.records import PeerRecord
 from node.session_store import SessionStore, prekeys_op, session_op
 from node.store import Store, WriteOp
 from node.transport import Transport
-from rendezvous.client import RendezvousClient
-from rendezvous.protocol import RendezvousAddress
 
-__all__ = ["EVENT_QUEUE", "Node", "NodeConfig"]
+__all__ = ["EVENT_QUEUE", "MailboxClient", "MailboxFactory", "Node", "NodeConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +122,56 @@ class _Unsaved:
     verdict: Verdict
 
 
+class _Server(Protocol):
+    def text(self) -> str: ...
+
+
+class MailboxClient(Protocol):
+    """What the node needs from a rendezvous client (``rendezvous.client.RendezvousClient``
+    fits). The node package may not import ``rendezvous`` (DESIGN section 2), so the caller
+    passes a :data:`MailboxFactory` in."""
+
+    @property
+    def server(self) -> _Server: ...
+
+    @property
+    def mailbox(self) -> bytes: ...
+
+    async def run(
+        self,
+        record: Callable[[], PeerRecord],
+        store: Callable[[bytes, bytes], Awaitable[None]],
+    ) -> None: ...
+
+    async def deposit(self, envelope: bytes) -> object: ...
+
+    async def addresses(self, peer: PeerId) -> list[tuple[str, int]]: ...
+
+    async def publish(
+        self, kind: str, entry_id: bytes, name: str, description: str = "", *, listed: bool
+    ) -> float | None: ...
+
+    async def search(self, query: str, limit: int = 20) -> Sequence[_DirectoryItem]: ...
+
+
+class _DirectoryItem(Protocol):
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def entry_id(self) -> bytes: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+
+MailboxFactory = Callable[[Transport, str], MailboxClient]
+"""``factory(transport, address_text)``: a client for one rendezvous server."""
+
+
 class Node:
     """A running node. Create with :meth:`open`; see the module doc."""
 
@@ -134,6 +182,7 @@ class Node:
         config: NodeConfig,
         name: str,
         *,
+        mailboxes: MailboxFactory | None = None,
         clock: Callable[[], float] = time.time,
         rng: Rng = random_bytes,
     ) -> None:
@@ -148,10 +197,9 @@ class Node:
         self.history = History(store, self.peer_id)
         self.sessions = SessionStore(store)
         self.transport = Transport(identity, TransportConfig(dial_attempts=1), rng=rng)
-        self.clients = [
-            RendezvousClient(self.transport, RendezvousAddress.parse(text), timeout=10.0)
-            for text in config.rendezvous
-        ]
+        if config.rendezvous and mailboxes is None:
+            raise LocalProtocolError("rendezvous servers need a mailbox factory")
+        self.clients = [mailboxes(self.transport, text) for text in config.rendezvous if mailboxes]
         self.mdns: MdnsDiscovery | None = None
         self.dht: DhtNode | None = None
         self._outbox = Outbox(rng, config.retry)
@@ -183,10 +231,15 @@ class Node:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, home: Path, identity: Identity, config: NodeConfig, name: str
+        cls,
+        home: Path,
+        identity: Identity,
+        config: NodeConfig,
+        name: str,
+        mailboxes: MailboxFactory | None = None,
     ) -> AsyncIterator[Node]:
         async with Store.open(home / DB_FILE) as store, asyncio.TaskGroup() as group:
-            node = cls(identity, store, config, name)
+            node = cls(identity, store, config, name, mailboxes=mailboxes)
             node._group = group
             try:
                 await node._start()
