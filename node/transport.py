@@ -553,18 +553,14 @@ class Transport:
             except OSError as exc:  # e.g. an ICMP error about an earlier send
                 log.debug("UDP receive error: %s", exc)
                 continue
-            self.datagram_received(data, address)
+            try:  # nothing a datagram contains may raise out of here
+                self._route(data, address)
+            except Exception:
+                self.dropped_datagrams += 1
+                log.exception("datagram from %s could not be processed", address[0])
         dirty, self._dirty = self._dirty, set()
         for link in dirty:
             link.transmit_soon()
-
-    def datagram_received(self, data: bytes, address: tuple[object, ...]) -> None:
-        """Route one datagram. Nothing a datagram contains may raise out of here."""
-        try:
-            self._route(data, address)
-        except Exception:
-            self.dropped_datagrams += 1
-            log.exception("datagram from %s could not be processed", address[0])
 
     def _route(self, data: bytes, address: tuple[object, ...]) -> None:
         if data and not data[0] & 0x80:  # short header: our CID follows the first byte
