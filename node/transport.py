@@ -1,7 +1,9 @@
 """QUIC transport: the only module that imports aioquic.
 
 One UDP socket per node both dials and accepts; datagrams are routed to connections by
-destination connection ID (aioquic's ``connect()`` would open a socket per dial). ALPN is
+destination connection ID (aioquic's ``connect()`` would open a socket per dial). The socket is
+read in batches (up to 64 datagrams per wake-up) and each connection transmits once at the end
+of the loop turn, so ACKs coalesce and a handler's answer shares a packet with them. ALPN is
 ``peerline/1``; the TLS certificate is self-signed with the node's Ed25519 identity key; Retry
 validates every inbound address before any per-connection state exists; there are no session
 tickets and no 0-RTT (resumed handshakes carry no certificate).
@@ -10,11 +12,25 @@ Inbound limits (total connections, connections per IP, handshakes per second per
 checked on the first address-validated Initial and refused with a QUIC ``CONNECTION_REFUSED``
 close whose reason is the limit's error code, before any TLS work.
 
-Authentication, framing and credit live in :mod:`node.connection` and :mod:`node.auth`; this
-module turns aioquic events into calls on :class:`~node.connection.Connection` and enforces
-"one connection per pair of peers": when two authenticated connections to the same peer exist,
-both sides keep the one dialed by the smaller PeerId (or the newer one if both were dialed by
-the same side, e.g. after the peer restarted) and close the other with ``DUPLICATE``.
+Authentication, framing and credit live in :mod:`node.connection` and :mod:`node.auth`;
+:mod:`node.peers` keeps one connection per pair of peers and the dialing policy. This module
+turns aioquic events into calls on :class:`~node.connection.Connection`.
+
+Usage::
+
+    @wire.frame(0x0100)                        # application ids start at 0x10
+    @dataclass(frozen=True, slots=True)
+    class Hello(wire.Message):
+        text: Annotated[str, wire.Str(max=100)]
+
+    async def handler(conn: Connection, message: wire.Message) -> wire.Message | None:
+        return Hello(f"hi {conn.peer_id.short()}")   # the response, if it was a request
+
+    async with Transport(identity, TransportConfig()) as node:   # binds 127.0.0.1, any port
+        node.set_handler(handler)
+        conn = await node.dial(peer_id, [("127.0.0.1", 4433)])
+        reply = await conn.request(Hello("hello"))
+        await conn.send(Hello("one-way"))
 
 The only private aioquic access is :func:`peer_certificate_key` (pinned aioquic==1.7.2).
 """
