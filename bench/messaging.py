@@ -10,7 +10,8 @@
 - send at 1M: queueing rate (message row + outbox row, one unit each, concurrent writers)
   with 1M messages stored, beside the same on an empty store.
 
-Both nodes run in this process on one event loop, like the raw baseline.
+The sender is a node in this process; the receiver is a ``peerline run`` daemon process. The
+raw aioquic baseline runs both ends in this process.
 Run: ``.venv/bin/python -m bench --only messaging``.
 """
 
@@ -19,6 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -26,9 +30,10 @@ from pathlib import Path
 
 from bench.table import Row
 from bench.transport import _raw, _Sizes
+from node import control
 from node.history import History
 from node.home import DB_FILE, create_identity, load_identity
-from node.identity import Identity
+from node.identity import Identity, PeerId
 from node.node import Node, NodeConfig
 from node.store import Store
 
@@ -39,22 +44,35 @@ _CONFIG = NodeConfig(mdns=False)
 
 
 @contextlib.asynccontextmanager
-async def _pair(root: Path) -> AsyncIterator[tuple[Node, Node]]:
-    nodes = []
+async def _pair(root: Path) -> AsyncIterator[tuple[Node, PeerId]]:
+    """Alice is a node in this process (so the bench can call ``send`` directly); bob is a
+    real ``peerline run`` daemon in another process, as a user would run it."""
     for name in ("alice", "bob"):
         await create_identity(root / name, name, None)
-    async with contextlib.AsyncExitStack() as stack:
-        for name in ("alice", "bob"):
-            identity = await load_identity(root / name, None)
-            nodes.append(await stack.enter_async_context(Node.open(root / name, identity,
-                                                                   _CONFIG, name)))  # fmt: skip
-        alice, bob = nodes
-        await bob.contacts.set_policy("allow")
-        target = await alice.contacts.resolve(bob.invite())
-        await alice.contacts.add(target, alias="bob", name=None, now=time.time())
-        await alice.send(bob.peer_id, "warm-up")
-        await _drained(alice)
-        yield alice, bob
+    log = root / "bob.log"
+    with open(log, "wb") as out:
+        bob = subprocess.Popen(  # noqa: S603 - our own interpreter and CLI
+            [sys.executable, "-m", "cli", "--home", str(root / "bob"), "--json", "run",
+             "--no-mdns"],
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        async with asyncio.timeout(30):
+            while not log.read_bytes():
+                await asyncio.sleep(0.05)
+        await control.call(root / "bob", "policy", {"value": "allow"})
+        invite = (await control.call(root / "bob", "invite", {}))["invite"]
+        identity = await load_identity(root / "alice", None)
+        async with Node.open(root / "alice", identity, _CONFIG, "alice") as alice:
+            target = await alice.contacts.resolve(invite)
+            await alice.contacts.add(target, alias="bob", name=None, now=time.time())
+            await alice.send(target.peer_id, "warm-up")
+            await _drained(alice)
+            yield alice, target.peer_id
+    finally:
+        bob.send_signal(signal.SIGTERM)
+        bob.wait(timeout=30)
 
 
 async def _drained(node: Node, timeout: float = 120.0) -> None:
@@ -63,22 +81,22 @@ async def _drained(node: Node, timeout: float = 120.0) -> None:
             await asyncio.sleep(0.005)
 
 
-async def _throughput(alice: Node, bob: Node, count: int) -> float:
+async def _throughput(alice: Node, bob: PeerId, count: int) -> float:
     start = time.perf_counter()
     for first in range(0, count, 500):
         await asyncio.gather(
-            *(alice.send(bob.peer_id, TEXT) for _ in range(first, min(count, first + 500)))
+            *(alice.send(bob, TEXT) for _ in range(first, min(count, first + 500)))
         )
     await _drained(alice)
     return count / (time.perf_counter() - start)
 
 
-async def _latency(alice: Node, bob: Node, count: int) -> list[float]:
+async def _latency(alice: Node, bob: PeerId, count: int) -> list[float]:
     events = alice.subscribe()
     samples = []
     for _ in range(count):
         start = time.perf_counter()
-        wanted = (await alice.send(bob.peer_id, TEXT)).hex()
+        wanted = (await alice.send(bob, TEXT)).hex()
         while True:
             event = await asyncio.wait_for(events.get(), 10)
             assert event is not None
