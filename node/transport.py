@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 import ssl
@@ -68,9 +67,10 @@ from node.channel import CloseCode, CloseInfo
 from node.config import TransportConfig
 from node.connection import BulkHandler, Connection, Handler
 from node.crypto import Rng, random_bytes
-from node.errors import ConfigError, DialError, LimitExceededError, LocalProtocolError
+from node.errors import LimitExceededError, LocalProtocolError
 from node.identity import Identity, PeerId
 from node.peers import Address, Dialer, PeerTable
+from node.udp import bind_udp, plain_ip, wire_address
 
 __all__ = [
     "ALPN",
@@ -87,7 +87,6 @@ ALPN = "peerline/1"
 _CID_LENGTH = 8
 _READ_BATCH = 64  # datagrams read per socket wake-up
 _MAX_DATAGRAM = 65535
-_SOCKET_BUFFER = 1 << 20  # asked for; the kernel caps it (net.core.rmem_max)
 
 
 def peer_certificate_key(quic: QuicConnection) -> bytes | None:
@@ -123,15 +122,6 @@ def _refusal(version: int, source_cid: bytes, destination_cid: bytes, reason: st
     return datagrams[0]
 
 
-def _plain_ip(host: str) -> str:
-    """``::ffff:1.2.3.4`` -> ``1.2.3.4``; other addresses unchanged (for limits and display)."""
-    with contextlib.suppress(ValueError):
-        address = ipaddress.ip_address(host)
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-    return host
-
-
 class _Link:
     """One QUIC connection on the shared socket; implements :class:`node.connection.Link`."""
 
@@ -140,7 +130,7 @@ class _Link:
         self._loop = transport.loop
         self.quic = quic
         self.address = address
-        self.ip = _plain_ip(str(address[0]))
+        self.ip = plain_ip(str(address[0]))
         self.cids: set[bytes] = set()
         self.connection: Connection | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -360,30 +350,13 @@ class Transport:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Bind the UDP socket (``"::"`` gives a dual-stack socket).
 
-        Raises :class:`ConfigError` (``transport.bind``) if the address cannot be bound.
+        Raises :class:`~node.errors.ConfigError` (``transport.bind``) if it cannot be bound.
         """
         if self._sock is not None:
             raise LocalProtocolError("transport already started", code="transport.started")
-        try:
-            infos = await self.loop.getaddrinfo(
-                host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
-            )
-            family, _, _, _, sockaddr = infos[0]
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-        except OSError as exc:
-            raise ConfigError(f"cannot bind {host}:{port}: {exc}", code="transport.bind") from None
-        try:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
-            sock.setblocking(False)
-            sock.bind(sockaddr)
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(f"cannot bind {host}:{port}: {exc}", code="transport.bind") from None
+        sock = await bind_udp(host, port)
         self._sock = sock
-        self._ipv6 = family == socket.AF_INET6
+        self._ipv6 = sock.family == socket.AF_INET6
         bound_host, bound_port = sock.getsockname()[:2]
         self._address = (str(bound_host), int(bound_port))
         self.loop.add_reader(sock.fileno(), self._on_readable)
@@ -472,29 +445,17 @@ class Transport:
             return "limit.connections_per_ip: too many connections from this address"
         return None
 
-    def _wire_address(self, address: Address) -> tuple[object, ...]:
-        host, port = address
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            raise DialError(f"not an IP address: {host!r}", code="dial.bad_address") from None
-        if isinstance(ip, ipaddress.IPv4Address) and self._ipv6:
-            return (f"::ffff:{ip}", port, 0, 0)
-        if isinstance(ip, ipaddress.IPv6Address) and not self._ipv6:
-            raise DialError("IPv6 address on an IPv4 socket", code="dial.bad_address")
-        return (str(ip), port, 0, 0) if self._ipv6 else (str(ip), port)
-
     def _open_client(self, peer: PeerId, address: Address) -> Connection:
-        wire_address = self._wire_address(address)
-        reason = self._refusal_reason(_plain_ip(address[0]))
+        destination = wire_address(*address, ipv6_socket=self._ipv6)
+        reason = self._refusal_reason(plain_ip(address[0]))
         if reason is not None:
             code, _, message = reason.partition(": ")
             raise LimitExceededError(f"cannot dial: {message}", code=code)
         quic = QuicConnection(configuration=self._client_config)
-        link = self._add_link(quic, wire_address)
+        link = self._add_link(quic, destination)
         self.add_cid(quic.host_cid, link)
         conn = link.start(peer)
-        quic.connect(wire_address, now=self.loop.time())
+        quic.connect(destination, now=self.loop.time())
         link.transmit()
         return conn
 
@@ -642,7 +603,7 @@ class Transport:
         except ValueError:
             self.dropped_datagrams += 1
             return
-        ip = _plain_ip(str(address[0]))
+        ip = plain_ip(str(address[0]))
         reason = self._refusal_reason(ip)
         if reason is None and not self._handshakes.allow(ip, now):
             reason = "limit.handshake_rate: too many handshakes from this address"
