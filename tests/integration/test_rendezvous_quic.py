@@ -15,6 +15,7 @@ from dht.node import DhtConfig, DhtNode
 from dht.values import PeerRecordValidator
 from node import envelope, records
 from node.auth import AuthOk
+from node.backoff import Backoff
 from node.crypto import random_bytes
 from node.errors import RefusedError, RemoteProtocolError
 from node.identity import Identity, PeerId
@@ -38,21 +39,28 @@ class Running:
     address: RendezvousAddress
     info: dict[str, object]
     directory: Path
+    stop_event: asyncio.Event
+    task: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        await asyncio.wait_for(self.task, 20)
 
 
 @contextlib.asynccontextmanager
 async def running_server(
-    directory: Path, mode: AccessMode = AccessMode.OPEN
+    directory: Path,
+    mode: AccessMode = AccessMode.OPEN,
+    listen: tuple[str, int] = ("127.0.0.1", 0),
 ) -> AsyncIterator[Running]:
     stop = asyncio.Event()
     ready: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
-    options = ServeOptions(
-        directory, ("127.0.0.1", 0), service=ServiceConfig(mode=mode, access_poll=0.02)
-    )
+    options = ServeOptions(directory, listen, service=ServiceConfig(mode=mode, access_poll=0.02))
     task = asyncio.create_task(serve(options, ready.set_result, stop))
     try:
         info = await asyncio.wait_for(asyncio.shield(ready), 20)
-        yield Running(RendezvousAddress.parse(str(info["address"])), info, directory)
+        address = RendezvousAddress.parse(str(info["address"]))
+        yield Running(address, info, directory, stop, task)
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
@@ -203,3 +211,36 @@ async def test_dht_bootstrap_from_the_server(tmp_path: Path) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
+
+
+async def test_client_run_registers_again_after_a_server_restart(tmp_path: Path) -> None:
+    alice = Identity.generate()
+    record = records.sign_record(alice, seq=1, expires=int(time.time()) + 600)
+
+    async def nothing(envelope_id: bytes, data: bytes) -> None:
+        raise AssertionError("no envelopes expected")
+
+    async def registered(server: Running) -> bool:
+        async with client(server) as looker:
+            for _ in range(200):
+                if (await looker.lookup(alice.peer_id)).record == record:
+                    return True
+                await asyncio.sleep(0.02)
+        return False
+
+    async with running_server(tmp_path) as first:
+        address = first.address
+        async with Transport(alice) as transport:
+            node = RendezvousClient(transport, address, timeout=2.0)
+            runner = asyncio.create_task(
+                node.run(lambda: record, nothing, backoff=Backoff(0.05, 0.2, 2.0, 0.0))
+            )
+            try:
+                assert await registered(first)
+                await first.stop()
+                async with running_server(tmp_path, listen=(address.host, address.port)) as again:
+                    assert again.address == address
+                    assert await registered(again)  # presence is in memory: re-registered
+            finally:
+                runner.cancel()
+                await asyncio.gather(runner, return_exceptions=True)
