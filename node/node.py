@@ -188,6 +188,7 @@ class Node:
     ) -> None:
         self.identity = identity
         self.peer_id = identity.peer_id
+        self._own_text = self.peer_id.text()
         self.name = name
         self.store = store
         self.config = config
@@ -866,17 +867,18 @@ class Node:
     def _announce(
         self, peer: PeerId, released: list[ChatText], first: bool, verdict: Verdict
     ) -> None:
+        sender = peer.text()
         if verdict is Verdict.REQUEST:
             if first and released:
                 chat = released[0]
-                self.emit("request", peer=peer.text(), id=chat.message_id.hex(), text=chat.text)
+                self.emit("request", peer=sender, id=chat.message_id.hex(), text=chat.text)
             return
         for chat in released:
             self.emit(
                 "message",
                 id=chat.message_id.hex(),
-                peer=peer.text(),
-                **{"from": peer.text(), "to": self.peer_id.text()},
+                peer=sender,
+                **{"from": sender, "to": self._own_text},
                 text=chat.text,
                 sent_at=chat.sent_at,
                 state="received",
