@@ -471,6 +471,7 @@ class Node:
             elif isinstance(event, StateChanged):
                 if event.state in ("delivered", "read", "failed"):
                     self._sent_on.pop(event.message_id, None)
+                    self._fresh.pop(event.message_id, None)
                 ops += self.history.state_ops(event.message_id, event.state, event.reason)
                 changes.append(event)
         if ops:
