@@ -42,6 +42,10 @@ class TransportConfig:
         towards us on the control stream (credit-based; must hold at least one largest frame).
         ``bulk_window``: the same per bulk stream.
         ``max_streams_per_connection``: concurrently open bulk streams opened by the peer.
+        ``quic_handshake_window``: QUIC receive window (per stream and per connection) until the
+        peer is authenticated; ``quic_stream_window`` / ``quic_connection_window``: the caps
+        they may grow to afterwards. They bound what QUIC itself buffers for a peer (out of
+        order data included), on top of our credit windows.
         ``max_pending_requests``: our own requests awaiting a response, per connection.
     Dialing
         ``dial_attempts``, ``backoff_initial``, ``backoff_max``, ``backoff_factor``,
@@ -61,6 +65,9 @@ class TransportConfig:
     control_window: int = 2 * (DEFAULT_MAX_FRAME + LENGTH_PREFIX.size)
     bulk_window: int = 2 * (DEFAULT_MAX_FRAME + LENGTH_PREFIX.size)
     max_streams_per_connection: int = 16
+    quic_handshake_window: int = 256 * 1024
+    quic_stream_window: int = 4 << 20
+    quic_connection_window: int = 16 << 20
     max_pending_requests: int = 1024
     dial_attempts: int = 3
     backoff_initial: float = 0.2
@@ -77,6 +84,9 @@ class TransportConfig:
             self.max_streams_per_connection,
             self.max_pending_requests,
             self.dial_attempts,
+            self.quic_handshake_window,
+            self.quic_stream_window,
+            self.quic_connection_window,
         )
         if any(type(n) is not int or n < 1 for n in counts):
             raise ConfigError("transport counts must be positive integers")
@@ -96,6 +106,8 @@ class TransportConfig:
         smallest_window = self.max_frame_size + LENGTH_PREFIX.size
         if min(self.control_window, self.bulk_window) < smallest_window:
             raise ConfigError("credit windows must hold at least one largest frame")
+        if not self.quic_handshake_window <= self.quic_stream_window <= self.quic_connection_window:
+            raise ConfigError("QUIC windows: handshake <= stream <= connection")
         if self.backoff_factor < 1 or not 0 <= self.backoff_jitter <= 1:
             raise ConfigError("backoff_factor must be >= 1 and backoff_jitter within 0..1")
 

@@ -365,6 +365,7 @@ class Connection:
     def _authenticated(self, peer: PeerId) -> None:
         self.peer_id = peer
         self._auth_timer.cancel()
+        self._link.opened()
         self._grant_credit()
         self._worker = self._loop.create_task(self._work(), name=f"peerline-conn-{peer.short()}")
         self._observer.authenticated(self)

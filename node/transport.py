@@ -32,7 +32,9 @@ Usage::
         reply = await conn.request(Hello("hello"))
         await conn.send(Hello("one-way"))
 
-The only private aioquic access is :func:`peer_certificate_key` (pinned aioquic==1.7.2).
+Private aioquic API (pinned aioquic==1.7.2) is used in two places only, both tested:
+:func:`peer_certificate_key` (no public accessor for the peer certificate) and
+:class:`_CappedQuicConnection` (aioquic grows receive windows without bound).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported, untyped
 from aioquic.quic import events
@@ -92,10 +95,51 @@ _MAX_DATAGRAM = 65535
 def peer_certificate_key(quic: QuicConnection) -> bytes | None:
     """The raw Ed25519 key of the peer's TLS certificate, or ``None``.
 
-    The single use of aioquic private API (``tls._peer_certificate``, no public accessor in
-    1.7.2). TLS has already checked CertificateVerify with this key, so the peer holds it.
+    Private API (``tls._peer_certificate``, no public accessor in aioquic 1.7.2). TLS has
+    already checked CertificateVerify with this key, so the peer holds it.
     """
     return certificate_key(getattr(getattr(quic, "tls", None), "_peer_certificate", None))
+
+
+class _CappedQuicConnection(QuicConnection):
+    """A QuicConnection whose receive windows stop growing at caps we set.
+
+    aioquic 1.7.2 doubles a receive window as soon as the *highest offset* received passes half
+    of it, holes included, and allocates the holes: a peer that sends one byte near the end of
+    each new window makes us allocate a buffer that doubles every round trip. These two
+    overrides hide the offsets from the doubling test once a window reached half its cap (the
+    rest of each method, re-sending the current limit, is untouched). This and
+    :func:`peer_certificate_key` are the only uses of aioquic private API.
+    """
+
+    stream_window_cap = 0
+    connection_window_cap = 0
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: Any) -> None:
+        limit = self._local_max_data
+        if limit.value * 2 <= self.connection_window_cap:
+            super()._write_connection_limits(builder, space)
+            return
+        used, limit.used = limit.used, 0
+        try:
+            super()._write_connection_limits(builder, space)
+        finally:
+            limit.used = used
+
+    def _write_stream_limits(self, builder: QuicPacketBuilder, space: Any, stream: Any) -> None:
+        if stream.max_stream_data_local * 2 <= self.stream_window_cap:
+            super()._write_stream_limits(builder, space, stream)
+            return
+        receiver = stream.receiver
+        highest, receiver.highest_offset = receiver.highest_offset, 0
+        try:
+            super()._write_stream_limits(builder, space, stream)
+        finally:
+            receiver.highest_offset = highest
+
+    def cap_windows(self, stream: int, connection: int) -> None:
+        """Set the caps (bytes); windows never shrink, they only stop growing."""
+        self.stream_window_cap, self.connection_window_cap = stream, connection
 
 
 def _refusal(version: int, source_cid: bytes, destination_cid: bytes, reason: str) -> bytes:
@@ -125,7 +169,9 @@ def _refusal(version: int, source_cid: bytes, destination_cid: bytes, reason: st
 class _Link:
     """One QUIC connection on the shared socket; implements :class:`node.connection.Link`."""
 
-    def __init__(self, transport: Transport, quic: QuicConnection, address: tuple[object, ...]):
+    def __init__(
+        self, transport: Transport, quic: _CappedQuicConnection, address: tuple[object, ...]
+    ):
         self._transport = transport
         self._loop = transport.loop
         self.quic = quic
@@ -168,6 +214,11 @@ class _Link:
     def flush(self) -> None:
         """Send what is queued now (before a close, which would discard it)."""
         self.transmit()
+
+    def opened(self) -> None:
+        """The peer is authenticated: its receive windows may grow to the configured caps."""
+        config = self._transport.config
+        self.quic.cap_windows(config.quic_stream_window, config.quic_connection_window)
 
     def open_bidi_stream(self) -> int:
         stream_id = self.quic.get_next_available_stream_id(is_unidirectional=False)
@@ -339,6 +390,8 @@ class Transport:
             connection_id_length=_CID_LENGTH,
             verify_mode=ssl.CERT_NONE,  # we pin the key ourselves; CertificateVerify still runs
             server_name="peerline",
+            max_data=self.config.quic_handshake_window,
+            max_stream_data=self.config.quic_handshake_window,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -451,7 +504,7 @@ class Transport:
         if reason is not None:
             code, _, message = reason.partition(": ")
             raise LimitExceededError(f"cannot dial: {message}", code=code)
-        quic = QuicConnection(configuration=self._client_config)
+        quic = self._new_quic(configuration=self._client_config)
         link = self._add_link(quic, destination)
         self.add_cid(quic.host_cid, link)
         conn = link.start(peer)
@@ -459,7 +512,15 @@ class Transport:
         link.transmit()
         return conn
 
-    def _add_link(self, quic: QuicConnection, address: tuple[object, ...]) -> _Link:
+    def _new_quic(self, **kwargs: Any) -> _CappedQuicConnection:
+        """A QuicConnection whose receive windows stay at the handshake size until the peer is
+        authenticated (:meth:`_Link.opened` raises them)."""
+        quic = _CappedQuicConnection(**kwargs)
+        window = self.config.quic_handshake_window
+        quic.cap_windows(window, window)
+        return quic
+
+    def _add_link(self, quic: _CappedQuicConnection, address: tuple[object, ...]) -> _Link:
         link = _Link(self, quic, address)
         self._links.add(link)
         self._per_ip[link.ip] = self._per_ip.get(link.ip, 0) + 1
@@ -610,7 +671,7 @@ class Transport:
         if reason is not None:
             self.sendto(_refusal(version, destination_cid, source_cid, reason), address)
             return
-        quic = QuicConnection(
+        quic = self._new_quic(
             configuration=self._server_config,
             original_destination_connection_id=original_cid,
             retry_source_connection_id=destination_cid,

@@ -6,9 +6,14 @@ import asyncio
 import contextlib
 import random
 import socket
+import ssl
 
 import psutil  # type: ignore[import-untyped]
 import pytest
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import pull_quic_header
 
 from node import wire
 from node.auth import AuthOk
@@ -17,7 +22,8 @@ from node.channel import INITIAL_CREDIT, CloseCode, Credit
 from node.config import TransportConfig
 from node.connection import Connection
 from node.errors import DialError, LimitExceededError, OperationTimeoutError, PeerlineError
-from node.transport import Transport
+from node.identity import Identity
+from node.transport import ALPN, Transport, _CappedQuicConnection
 from tests.integration.test_transport import FAST, Blob, Note, Spy, running
 
 pytestmark = pytest.mark.integration
@@ -239,3 +245,58 @@ async def test_pending_requests_are_capped_locally() -> None:
         assert full.value.code == "limit.pending_requests"
         hold.set()
         assert await asyncio.gather(*pending) == [Note("0"), Note("1")]
+
+
+# --------------------------------------------------------------------------- QUIC windows
+# A canary on aioquic 1.7.2 internals (pinned): its receive windows double from the highest
+# offset received, holes included. Sans-I/O pair, half of the client's datagrams lost.
+
+
+def _window_attack(capped: bool) -> tuple[int, int]:
+    config = TransportConfig(
+        quic_handshake_window=64 << 10,
+        quic_stream_window=256 << 10,
+        quic_connection_window=512 << 10,
+    )
+    listener = Transport(Identity.generate(), config)
+    client = QuicConnection(
+        configuration=QuicConfiguration(
+            is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE, max_data=1 << 30
+        )
+    )
+    address, now = ("192.0.2.1", 4433), 0.0
+    client.connect(address, now=now)
+    in_flight = [data for data, _ in client.datagrams_to_send(now=now)]
+    original_cid = pull_quic_header(Buffer(data=in_flight[0]), host_cid_length=8).destination_cid
+    server_class = _CappedQuicConnection if capped else QuicConnection
+    server = server_class(
+        configuration=listener._server_config, original_destination_connection_id=original_cid
+    )
+    if isinstance(server, _CappedQuicConnection):
+        server.cap_windows(config.quic_stream_window, config.quic_connection_window)
+    sent = datagrams = 0
+    for _ in range(400):
+        for data in in_flight:
+            server.receive_datagram(data, address, now=now)
+        for data, _ in server.datagrams_to_send(now=now):
+            client.receive_datagram(data, address, now=now)
+        if server._handshake_complete and sent < 32 << 20:
+            client.send_stream_data(0, bytes(64 << 10))
+            sent += 64 << 10
+        out = [data for data, _ in client.datagrams_to_send(now=now)]
+        keep_all = not server._handshake_complete
+        in_flight = [data for i, data in enumerate(out, datagrams) if keep_all or i % 2]
+        datagrams += len(out)
+        now += 0.01
+        for side in (client, server):
+            timer = side.get_timer()
+            if timer is not None and timer <= now:
+                side.handle_timer(now)
+    return server._local_max_data.value, server._streams[0].max_stream_data_local
+
+
+def test_quic_receive_windows_stop_at_their_caps_despite_holes() -> None:
+    connection_window, stream_window = _window_attack(capped=True)
+    assert connection_window <= 512 << 10 and stream_window <= 256 << 10
+    _, uncapped_stream_window = _window_attack(capped=False)
+    assert uncapped_stream_window > 256 << 10  # the attack does grow plain aioquic's windows
