@@ -19,6 +19,7 @@ import click
 
 from cli.output import app, run
 from node import control
+from node.errors import NodeNotRunningError
 
 __all__ = ["chat_command"]
 
@@ -67,7 +68,7 @@ async def _chat(home: Path, who: str) -> None:
     click.echo(f"chat with {target['label']} ({peer[:12]}), /quit to leave")
     for message in reversed(page["messages"]):
         click.echo(_line(message, own))
-    with contextlib.suppress(control.NodeNotRunningError):
+    with contextlib.suppress(NodeNotRunningError):
         await control.call(home, "read", {"peer": peer})
     mine: set[str] = set()
     incoming = asyncio.create_task(_incoming(home, peer, own, mine))

@@ -24,6 +24,7 @@ from cli.identity_cmds import read_passphrase_file
 from cli.output import app, emit, run
 from node import control
 from node.daemon import load_config, run_daemon
+from node.errors import NodeNotRunningError
 from node.home import DB_FILE, read_public_identity
 from node.store import Store
 from node.transport import Transport
@@ -39,7 +40,7 @@ async def invoke(home: Path, op: str, args: dict[str, Any]) -> dict[str, Any]:
     """Run ``op`` on the running node, else offline on the store (see the module doc)."""
     try:
         return await control.call(home, op, args)
-    except control.NodeNotRunningError:
+    except NodeNotRunningError:
         if op in _NETWORK_OPS:
             raise
     public = await read_public_identity(home)

@@ -33,7 +33,13 @@ from typing import Any
 
 from node.contacts import Contacts, Target
 from node.crypto import Rng, random_bytes
-from node.errors import LocalProtocolError, PeerlineError, RemoteProtocolError, UsageError
+from node.errors import (
+    LocalProtocolError,
+    NodeNotRunningError,
+    PeerlineError,
+    RemoteProtocolError,
+    UsageError,
+)
 from node.history import MAX_PAGE, History, Status
 from node.identity import PeerId
 from node.messaging import DEFAULT_LIFETIME, check_text, check_ttl, new_message_id
@@ -47,7 +53,6 @@ __all__ = [
     "SOCKET_FILE",
     "Api",
     "ControlServer",
-    "NodeNotRunningError",
     "call",
     "events",
     "run_offline",
@@ -58,13 +63,6 @@ MAX_LINE = 64 * 1024
 MAX_CLIENTS = 32
 Args = dict[str, Any]
 Result = dict[str, Any]
-
-
-class NodeNotRunningError(PeerlineError):
-    """The command needs the running node (``peerline run``) and none answers."""
-
-    default_code = "node.not_running"
-    fault = "environment"
 
 
 @dataclass(slots=True)

@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from node.control import ControlServer
-from node.errors import ConfigError, PeerlineError, StorageError
+from node.errors import ConfigError, NodeRunningError, StorageError
 from node.home import CONFIG_FILE, load_identity, read_public_identity
 from node.messaging import parse_hostport
 from node.node import MailboxFactory, Node, NodeConfig
 
-__all__ = ["LOCK_FILE", "NodeRunningError", "load_config", "run_daemon"]
+__all__ = ["LOCK_FILE", "load_config", "run_daemon"]
 
 LOCK_FILE = "node.lock"
 _KEYS = {
@@ -49,13 +49,6 @@ _KEYS = {
     "bootstrap",
     "rendezvous",
 }
-
-
-class NodeRunningError(PeerlineError):
-    """Another node already runs on this home directory."""
-
-    default_code = "node.already_running"
-    fault = "local"
 
 
 def _strings(value: object, key: str) -> tuple[str, ...]:

@@ -37,6 +37,8 @@ __all__ = [
     "LimitExceededError",
     "LocalProtocolError",
     "MerkleProofError",
+    "NodeNotRunningError",
+    "NodeRunningError",
     "NotFoundError",
     "OperationTimeoutError",
     "PeerlineError",
@@ -265,3 +267,16 @@ class RefusedError(PeerlineError):
     ) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class NodeNotRunningError(PeerlineError):
+    """The command needs the running node (``peerline run``) and none answers (exit 3)."""
+
+    default_code = "node.not_running"
+    fault: ClassVar[Fault] = "environment"
+
+
+class NodeRunningError(LocalProtocolError):
+    """Another node already runs on this home directory."""
+
+    default_code = "node.already_running"

@@ -32,7 +32,6 @@ __all__ = [
     "Request",
     "Status",
     "StoredMessage",
-    "message_id_from_text",
 ]
 
 MAX_PAGE = 500
@@ -40,16 +39,6 @@ Status = Literal["request", "accepted", "declined"]
 _MESSAGE_COLUMNS = (
     "m.seq, m.id, m.sender, m.direction, m.body, m.sent_at, m.state, m.reason, c.peer_id"
 )
-
-
-def message_id_from_text(text: str) -> bytes:
-    try:
-        raw = bytes.fromhex(text.strip())
-    except ValueError:
-        raw = b""
-    if len(raw) != 16:
-        raise UsageError(f"not a message id: {text[:40]!r}", code="message.bad_id")
-    return raw
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import pytest
 
 from node import control
 from node.control import ControlServer
+from node.errors import NodeNotRunningError
 from node.home import create_identity, load_identity
 from node.node import Node, NodeConfig
 
@@ -102,7 +103,7 @@ async def test_control_socket_is_private_validated_and_bounded(tmp_path: Path) -
             assert (await control.call(home, "status", {}))["peer_id"] == alice.peer_id.text()
         finally:
             await server.aclose()
-        with pytest.raises(control.NodeNotRunningError):
+        with pytest.raises(NodeNotRunningError):
             await control.call(home, "status", {})
 
 
