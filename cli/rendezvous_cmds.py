@@ -25,7 +25,7 @@ from node.identity import PeerId
 from node.registry import AccessMode
 from rendezvous import admin
 from rendezvous.metrics import JsonLogFormatter
-from rendezvous.server import ServeOptions, ServiceConfig, read_address, serve
+from rendezvous.server import ServeOptions, ServiceConfig, planned_address, read_address, serve
 
 __all__ = ["parse_duration", "parse_hostport", "rendezvous"]
 
@@ -148,10 +148,23 @@ def _configure_logging(level: str) -> None:
 
 @rendezvous.command("address")
 @_DATA
+@click.option(
+    "--listen",
+    metavar="IP:PORT",
+    help="Before the first start: the address serve will be reachable at (creates the identity).",
+)
 @click.pass_context
-def address_command(ctx: click.Context, data: Path) -> None:
-    """Print the ADDRESS nodes use to reach and pin the server (PEERID@HOST:PORT)."""
-    address = run(read_address(data))
+def address_command(ctx: click.Context, data: Path, listen: str | None) -> None:
+    """Print the ADDRESS nodes use to reach and pin the server (PEERID@HOST:PORT).
+
+    Without --listen: the address of the last start. With it: the address for that endpoint,
+    so an operator can hand the ADDRESS out before the first start.
+    """
+    if listen is None:
+        address = run(read_address(data))
+    else:
+        host, port = parse_hostport(listen, "--listen")
+        address = run(planned_address(data, host, port))
     emit(ctx, address.text(), {"address": address.text(), "peer_id": address.peer_id.text()})
 
 

@@ -61,6 +61,7 @@ __all__ = [
     "ServeOptions",
     "ServiceConfig",
     "ensure_identity",
+    "planned_address",
     "read_address",
     "serve",
 ]
@@ -581,6 +582,15 @@ async def ensure_identity(directory: Path) -> Identity:
     if not (directory / KEY_FILE).exists():
         await create_identity(directory, "rendezvous", None)
     return await load_identity(directory, None)
+
+
+async def planned_address(directory: Path, host: str, port: int) -> p.RendezvousAddress:
+    """The ADDRESS a server in ``directory`` will have at ``host:port`` (identity created now)."""
+    if port == 0 or ipaddress.ip_address(host).is_unspecified:
+        raise UsageError("give the concrete IP and port nodes will dial", code="usage.invalid")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    identity = await ensure_identity(directory)
+    return p.RendezvousAddress(identity.peer_id, host, port)
 
 
 async def read_address(directory: Path) -> p.RendezvousAddress:

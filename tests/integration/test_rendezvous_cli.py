@@ -139,3 +139,19 @@ def test_serve_refuses_bad_listen_addresses(
 ) -> None:
     code, out, err = cli(capsys, "rendezvous", "serve", "--data", str(tmp_path), "--listen", listen)
     assert code == 2 and out == "" and json.loads(err)["error"] == "usage.invalid"
+
+
+def test_address_before_the_first_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "rv"
+    code, out, _ = cli(
+        capsys, "rendezvous", "address", "--data", str(data), "--listen", "127.0.0.1:4433"
+    )
+    assert code == 0
+    planned = RendezvousAddress.parse(json.loads(out)["address"])
+    assert (planned.host, planned.port) == ("127.0.0.1", 4433)
+    code, _, err = cli(
+        capsys, "rendezvous", "address", "--data", str(data), "--listen", "0.0.0.0:1"
+    )
+    assert code == 2 and json.loads(err)["error"] == "usage.invalid"
+    info = started(data)  # the same identity serves
+    assert RendezvousAddress.parse(str(info["address"])).peer_id == planned.peer_id
