@@ -43,9 +43,9 @@ class TransportConfig:
         ``bulk_window``: the same per bulk stream.
         ``max_streams_per_connection``: concurrently open bulk streams opened by the peer.
         ``quic_handshake_window``: QUIC receive window (per stream and per connection) until the
-        peer is authenticated; ``quic_stream_window`` / ``quic_connection_window``: the caps
-        they may grow to afterwards. They bound what QUIC itself buffers for a peer (out of
-        order data included), on top of our credit windows.
+        peer is authenticated; ``quic_stream_window`` / ``quic_connection_window``: the sliding
+        windows afterwards (how far a peer may send past what was delivered in order). They
+        bound what QUIC itself buffers for a peer, out-of-order data included.
         ``max_pending_requests``: our own requests awaiting a response, per connection.
     Dialing
         ``dial_attempts``, ``backoff_initial``, ``backoff_max``, ``backoff_factor``,

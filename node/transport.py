@@ -102,44 +102,49 @@ def peer_certificate_key(quic: QuicConnection) -> bytes | None:
 
 
 class _CappedQuicConnection(QuicConnection):
-    """A QuicConnection whose receive windows stop growing at caps we set.
+    """A QuicConnection whose receive windows are sliding: delivered bytes + a fixed window.
 
-    aioquic 1.7.2 doubles a receive window as soon as the *highest offset* received passes half
-    of it, holes included, and allocates the holes: a peer that sends one byte near the end of
-    each new window makes us allocate a buffer that doubles every round trip. These two
-    overrides hide the offsets from the doubling test once a window reached half its cap (the
-    rest of each method, re-sending the current limit, is untouched). This and
-    :func:`peer_certificate_key` are the only uses of aioquic private API.
+    aioquic 1.7.2 instead doubles a limit whenever the *highest offset* received passes half of
+    it, holes included, and allocates the holes: a peer sending one byte near the end of each
+    new limit makes us allocate a buffer that doubles every round trip. Here a stream may run
+    at most ``stream_window`` bytes past what it delivered in order, and the connection at most
+    ``connection_window`` past what all streams delivered (``delivered``, kept by the link), so
+    what QUIC buffers for a peer, out-of-order data included, stays within those windows.
+    aioquic's own doubling is hidden from its test; the rest of each method (sending the
+    limit frames) is unchanged. This and :func:`peer_certificate_key` are our only uses of
+    aioquic private API.
     """
 
-    stream_window_cap = 0
-    connection_window_cap = 0
+    stream_window = 0
+    connection_window = 0
+    delivered = 0
+
+    def set_windows(self, stream: int, connection: int) -> None:
+        """Window sizes in bytes (limits already granted to the peer never shrink)."""
+        self.stream_window, self.connection_window = stream, connection
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: Any) -> None:
         limit = self._local_max_data
-        if limit.value * 2 <= self.connection_window_cap:
-            super()._write_connection_limits(builder, space)
-            return
-        used, limit.used = limit.used, 0
+        target = self.delivered + self.connection_window
+        if target - limit.value >= self.connection_window // 2:
+            limit.value = target
+        used, limit.used = limit.used, 0  # hide aioquic's doubling test
         try:
             super()._write_connection_limits(builder, space)
         finally:
             limit.used = used
 
     def _write_stream_limits(self, builder: QuicPacketBuilder, space: Any, stream: Any) -> None:
-        if stream.max_stream_data_local * 2 <= self.stream_window_cap:
-            super()._write_stream_limits(builder, space, stream)
-            return
         receiver = stream.receiver
-        highest, receiver.highest_offset = receiver.highest_offset, 0
+        if stream.max_stream_data_local:  # zero for our own unidirectional streams
+            target = receiver._buffer_start + self.stream_window
+            if target - stream.max_stream_data_local >= self.stream_window // 2:
+                stream.max_stream_data_local = target
+        highest, receiver.highest_offset = receiver.highest_offset, 0  # hide the doubling test
         try:
             super()._write_stream_limits(builder, space, stream)
         finally:
             receiver.highest_offset = highest
-
-    def cap_windows(self, stream: int, connection: int) -> None:
-        """Set the caps (bytes); windows never shrink, they only stop growing."""
-        self.stream_window_cap, self.connection_window_cap = stream, connection
 
 
 def _refusal(version: int, source_cid: bytes, destination_cid: bytes, reason: str) -> bytes:
@@ -216,9 +221,9 @@ class _Link:
         self.transmit()
 
     def opened(self) -> None:
-        """The peer is authenticated: its receive windows may grow to the configured caps."""
+        """The peer is authenticated: its receive windows widen to the configured sizes."""
         config = self._transport.config
-        self.quic.cap_windows(config.quic_stream_window, config.quic_connection_window)
+        self.quic.set_windows(config.quic_stream_window, config.quic_connection_window)
 
     def open_bidi_stream(self) -> int:
         stream_id = self.quic.get_next_available_stream_id(is_unidirectional=False)
@@ -285,6 +290,7 @@ class _Link:
         conn = self.connection
         while (event := self.quic.next_event()) is not None:
             if isinstance(event, events.StreamDataReceived):
+                self.quic.delivered += len(event.data)
                 if conn is not None:
                     conn.stream_data(event.stream_id, event.data, event.end_stream)
             elif isinstance(event, events.HandshakeCompleted):
@@ -514,10 +520,10 @@ class Transport:
 
     def _new_quic(self, **kwargs: Any) -> _CappedQuicConnection:
         """A QuicConnection whose receive windows stay at the handshake size until the peer is
-        authenticated (:meth:`_Link.opened` raises them)."""
+        authenticated (:meth:`_Link.opened` widens them)."""
         quic = _CappedQuicConnection(**kwargs)
         window = self.config.quic_handshake_window
-        quic.cap_windows(window, window)
+        quic.set_windows(window, window)
         return quic
 
     def _add_link(self, quic: _CappedQuicConnection, address: tuple[object, ...]) -> _Link:

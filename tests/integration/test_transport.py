@@ -192,9 +192,15 @@ async def test_request_failures_timeouts_and_unhandled_requests() -> None:
 
 async def test_bulk_stream_round_trip_is_bounded_by_its_window() -> None:
     config = TransportConfig(
-        dial_attempts=1, max_frame_size=64 * 1024, bulk_window=128 * 1024, control_window=1 << 17
+        dial_attempts=1,
+        max_frame_size=64 * 1024,
+        bulk_window=128 * 1024,
+        control_window=1 << 17,
+        quic_handshake_window=64 * 1024,
+        quic_stream_window=128 * 1024,
+        quic_connection_window=256 * 1024,
     )
-    payload = bytes(range(256)) * 4096  # 1 MiB
+    payload = bytes(range(256)) * 4096  # 1 MiB: four times the QUIC connection window
     received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
     peak = 0
 

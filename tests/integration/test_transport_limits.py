@@ -13,6 +13,7 @@ import pytest
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import StreamDataReceived
 from aioquic.quic.packet import pull_quic_header
 
 from node import wire
@@ -248,15 +249,19 @@ async def test_pending_requests_are_capped_locally() -> None:
 
 
 # --------------------------------------------------------------------------- QUIC windows
-# A canary on aioquic 1.7.2 internals (pinned): its receive windows double from the highest
-# offset received, holes included. Sans-I/O pair, half of the client's datagrams lost.
+# A canary on aioquic 1.7.2 internals (pinned): its receive limits double from the highest
+# offset received, holes included. Sans-I/O pair; the client loses every other datagram.
+
+STREAM_WINDOW, CONNECTION_WINDOW = 256 << 10, 512 << 10
 
 
-def _window_attack(capped: bool) -> tuple[int, int]:
+def _window_attack(capped: bool, lossy: bool = True) -> tuple[int, int, int, int]:
+    """Push 16 MiB through a lossy path; return the listener's connection limit, stream
+    limit, bytes delivered in order and the stream's highest offset received."""
     config = TransportConfig(
         quic_handshake_window=64 << 10,
-        quic_stream_window=256 << 10,
-        quic_connection_window=512 << 10,
+        quic_stream_window=STREAM_WINDOW,
+        quic_connection_window=CONNECTION_WINDOW,
     )
     listener = Transport(Identity.generate(), config)
     client = QuicConnection(
@@ -273,18 +278,23 @@ def _window_attack(capped: bool) -> tuple[int, int]:
         configuration=listener._server_config, original_destination_connection_id=original_cid
     )
     if isinstance(server, _CappedQuicConnection):
-        server.cap_windows(config.quic_stream_window, config.quic_connection_window)
-    sent = datagrams = 0
+        server.set_windows(STREAM_WINDOW, CONNECTION_WINDOW)
+    sent = datagrams = delivered = 0
     for _ in range(400):
         for data in in_flight:
             server.receive_datagram(data, address, now=now)
+        while (event := server.next_event()) is not None:
+            if isinstance(event, StreamDataReceived):
+                delivered += len(event.data)
+        if isinstance(server, _CappedQuicConnection):
+            server.delivered = delivered  # what the link does in node/transport.py
         for data, _ in server.datagrams_to_send(now=now):
             client.receive_datagram(data, address, now=now)
-        if server._handshake_complete and sent < 32 << 20:
+        if server._handshake_complete and sent < 16 << 20:
             client.send_stream_data(0, bytes(64 << 10))
             sent += 64 << 10
         out = [data for data, _ in client.datagrams_to_send(now=now)]
-        keep_all = not server._handshake_complete
+        keep_all = not (lossy and server._handshake_complete)
         in_flight = [data for i, data in enumerate(out, datagrams) if keep_all or i % 2]
         datagrams += len(out)
         now += 0.01
@@ -292,11 +302,17 @@ def _window_attack(capped: bool) -> tuple[int, int]:
             timer = side.get_timer()
             if timer is not None and timer <= now:
                 side.handle_timer(now)
-    return server._local_max_data.value, server._streams[0].max_stream_data_local
+    stream = server._streams[0]
+    limits = server._local_max_data.value, stream.max_stream_data_local
+    return (*limits, delivered, stream.receiver.highest_offset)
 
 
-def test_quic_receive_windows_stop_at_their_caps_despite_holes() -> None:
-    connection_window, stream_window = _window_attack(capped=True)
-    assert connection_window <= 512 << 10 and stream_window <= 256 << 10
-    _, uncapped_stream_window = _window_attack(capped=False)
-    assert uncapped_stream_window > 256 << 10  # the attack does grow plain aioquic's windows
+def test_quic_receive_windows_slide_and_bound_what_a_peer_makes_us_buffer() -> None:
+    connection_limit, stream_limit, delivered, highest = _window_attack(capped=True)
+    assert stream_limit - delivered <= STREAM_WINDOW
+    assert connection_limit - delivered <= CONNECTION_WINDOW
+    assert highest - delivered <= STREAM_WINDOW  # holes included
+    _, plain_limit, plain_delivered, _ = _window_attack(capped=False)
+    assert plain_limit - plain_delivered > STREAM_WINDOW  # plain aioquic's limit runs away
+    _, _, lossless_delivered, _ = _window_attack(capped=True, lossy=False)
+    assert lossless_delivered > 4 * CONNECTION_WINDOW  # the windows slide: no stall
