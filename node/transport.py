@@ -16,21 +16,20 @@ Authentication, framing and credit live in :mod:`node.connection` and :mod:`node
 :mod:`node.peers` keeps one connection per pair of peers and the dialing policy. This module
 turns aioquic events into calls on :class:`~node.connection.Connection`.
 
-Usage::
+Usage (application frame type ids start at 0x10)::
 
-    @wire.frame(0x0100)                        # application ids start at 0x10
+    @wire.frame(0x0100)
     @dataclass(frozen=True, slots=True)
     class Hello(wire.Message):
         text: Annotated[str, wire.Str(max=100)]
 
     async def handler(conn: Connection, message: wire.Message) -> wire.Message | None:
-        return Hello(f"hi {conn.peer_id.short()}")   # the response, if it was a request
+        return Hello("hi")  # the response, if the message was a request
 
-    async with Transport(identity, TransportConfig()) as node:   # binds 127.0.0.1, any port
+    async with Transport(identity, TransportConfig()) as node:  # 127.0.0.1, a free port
         node.set_handler(handler)
         conn = await node.dial(peer_id, [("127.0.0.1", 4433)])
         reply = await conn.request(Hello("hello"))
-        await conn.send(Hello("one-way"))
 
 Private aioquic API (pinned aioquic==1.7.2) is used in two places only, both tested:
 :func:`peer_certificate_key` (no public accessor for the peer certificate) and
@@ -63,7 +62,8 @@ from aioquic.quic.packet import (
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.retry import QuicRetryTokenHandler
 
-from node.backoff import Backoff, TokenBuckets
+from node.admission import Admission
+from node.backoff import Backoff
 from node.bulk import BulkStream
 from node.certificate import certificate_key, self_signed_certificate
 from node.channel import CloseCode, CloseInfo
@@ -352,16 +352,11 @@ class Transport:
         self.peer_id = identity.peer_id
         self.config = config or TransportConfig()
         self._rng = rng
-        self._handshakes = TokenBuckets(
-            self.config.max_handshakes_per_second_per_ip,
-            self.config.handshake_burst,
-            self.config.max_tracked_ips,
-        )
+        self._admission = Admission(self.config)
         self._handler: Handler | None = None
         self._bulk_handler: BulkHandler | None = None
         self._cids: dict[bytes, _Link] = {}
         self._links: set[_Link] = set()
-        self._per_ip: dict[str, int] = {}
         self._peers = PeerTable(identity.peer_id)
         self._dialer = Dialer(
             self._peers,
@@ -497,16 +492,9 @@ class Transport:
         if self._sock is None or self._closing:
             raise LocalProtocolError("transport is not running", code="transport.not_running")
 
-    def _refusal_reason(self, ip: str) -> str | None:
-        if len(self._links) >= self.config.max_connections:
-            return "limit.connections: too many connections"
-        if self._per_ip.get(ip, 0) >= self.config.max_connections_per_ip:
-            return "limit.connections_per_ip: too many connections from this address"
-        return None
-
     def _open_client(self, peer: PeerId, address: Address) -> Connection:
         destination = wire_address(*address, ipv6_socket=self._ipv6)
-        reason = self._refusal_reason(plain_ip(address[0]))
+        reason = self._admission.refusal(plain_ip(address[0]), inbound=False, now=self.loop.time())
         if reason is not None:
             code, _, message = reason.partition(": ")
             raise LimitExceededError(f"cannot dial: {message}", code=code)
@@ -529,7 +517,7 @@ class Transport:
     def _add_link(self, quic: _CappedQuicConnection, address: tuple[object, ...]) -> _Link:
         link = _Link(self, quic, address)
         self._links.add(link)
-        self._per_ip[link.ip] = self._per_ip.get(link.ip, 0) + 1
+        self._admission.add(link.ip)
         return link
 
     def new_connection(
@@ -563,11 +551,7 @@ class Transport:
         link.cids.clear()
         if link in self._links:
             self._links.discard(link)
-            remaining = self._per_ip.get(link.ip, 1) - 1
-            if remaining > 0:
-                self._per_ip[link.ip] = remaining
-            else:
-                self._per_ip.pop(link.ip, None)
+            self._admission.remove(link.ip)
 
     def sendto(self, data: bytes, address: tuple[object, ...]) -> None:
         """Send one datagram; a full socket buffer drops it (QUIC recovers lost packets)."""
@@ -671,9 +655,7 @@ class Transport:
             self.dropped_datagrams += 1
             return
         ip = plain_ip(str(address[0]))
-        reason = self._refusal_reason(ip)
-        if reason is None and not self._handshakes.allow(ip, now):
-            reason = "limit.handshake_rate: too many handshakes from this address"
+        reason = self._admission.refusal(ip, inbound=True, now=now)
         if reason is not None:
             self.sendto(_refusal(version, destination_cid, source_cid, reason), address)
             return

@@ -1,4 +1,4 @@
-"""Reconnect backoff and handshake token buckets (pure, deterministic randomness)."""
+"""Reconnect backoff, handshake token buckets and connection admission (pure)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from node.admission import Admission
 from node.backoff import Backoff, TokenBuckets
+from node.config import TransportConfig
 from node.errors import ConfigError
 
 
@@ -75,3 +77,30 @@ def test_token_bucket_table_is_bounded() -> None:
 def test_token_bucket_refuses_bad_parameters() -> None:
     with pytest.raises(ConfigError):
         TokenBuckets(rate=0.0, burst=1, max_keys=1)
+
+
+def test_admission_counts_connections_and_rate_limits_inbound_handshakes() -> None:
+    config = TransportConfig(
+        max_connections=3,
+        max_connections_per_ip=2,
+        max_handshakes_per_second_per_ip=1.0,
+        handshake_burst=2,
+    )
+    admission = Admission(config)
+    assert admission.refusal("10.0.0.1", inbound=True, now=0.0) is None
+    admission.add("10.0.0.1")
+    assert admission.refusal("10.0.0.1", inbound=True, now=0.0) is None
+    admission.add("10.0.0.1")
+    refusal = admission.refusal("10.0.0.1", inbound=False, now=0.0)
+    assert refusal is not None and refusal.startswith("limit.connections_per_ip")
+    admission.remove("10.0.0.1")
+    refusal = admission.refusal("10.0.0.1", inbound=True, now=0.0)  # burst of 2 used up
+    assert refusal is not None and refusal.startswith("limit.handshake_rate")
+    assert admission.refusal("10.0.0.1", inbound=False, now=0.0) is None  # dialing: no bucket
+    admission.add("10.0.0.2")
+    admission.add("10.0.0.3")
+    refusal = admission.refusal("10.0.0.4", inbound=True, now=5.0)
+    assert refusal is not None and refusal.startswith("limit.connections:")
+    for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        admission.remove(ip)
+    assert len(admission) == 0 and admission.tracked_ips() == 0
