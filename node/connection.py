@@ -81,9 +81,9 @@ _REPLY_OFFSET = 4
 class Observer(Protocol):
     """The transport's view of a connection's life."""
 
-    def authenticated(self, conn: Connection) -> None: ...
+    def connection_authenticated(self, conn: Connection) -> None: ...
 
-    def closed(self, conn: Connection) -> None: ...
+    def connection_closed(self, conn: Connection) -> None: ...
 
 
 class _Pending(NamedTuple):
@@ -368,7 +368,7 @@ class Connection:
         self._link.opened()
         self._grant_credit()
         self._worker = self._loop.create_task(self._work(), name=f"peerline-conn-{peer.short()}")
-        self._observer.authenticated(self)
+        self._observer.connection_authenticated(self)
         early, self._early = self._early, []
         for stream_id, data, end in early:
             self.stream_data(stream_id, data, end)
@@ -573,7 +573,7 @@ class Connection:
         if self._worker is not None:
             self._worker.cancel()
         self._inbox.clear()
-        self._observer.closed(self)
+        self._observer.connection_closed(self)
 
     async def wait_closed(self) -> CloseInfo:
         """Wait for the end of the connection and for its worker and bulk tasks to finish."""

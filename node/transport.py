@@ -191,7 +191,7 @@ class _Link:
         self.disposed = False
 
     def start(self, expected: PeerId | None) -> Connection:
-        self.connection = self._transport.new_connection(
+        self.connection = self._transport._new_connection(
             self, expected, (self.ip, int(str(self.address[1])))
         )
         return self.connection
@@ -259,7 +259,7 @@ class _Link:
         if self.disposed:
             return
         for data, address in self.quic.datagrams_to_send(now=self._loop.time()):
-            self._transport.sendto(data, address)
+            self._transport._sendto(data, address)
         timer_at = self.quic.get_timer()
         if self._timer is not None and self._timer_at != timer_at:
             self._timer.cancel()
@@ -303,9 +303,9 @@ class _Link:
                 if conn is not None:
                     conn.stream_reset(event.stream_id, event.error_code)
             elif isinstance(event, events.ConnectionIdIssued):
-                self._transport.add_cid(event.connection_id, self)
+                self._transport._add_cid(event.connection_id, self)
             elif isinstance(event, events.ConnectionIdRetired):
-                self._transport.remove_cid(event.connection_id)
+                self._transport._remove_cid(event.connection_id)
             elif isinstance(event, events.ConnectionTerminated):
                 self._terminated(event)
 
@@ -327,7 +327,7 @@ class _Link:
             if handle is not None:
                 handle.cancel()
         self._timer = self._keepalive = self._transmit_handle = None
-        self._transport.forget(self)
+        self._transport._forget(self)
         if self.connection is not None:
             self.connection.terminated(CloseInfo(CloseCode.SHUTDOWN, "transport.shutdown", False))
 
@@ -500,7 +500,7 @@ class Transport:
             raise LimitExceededError(f"cannot dial: {message}", code=code)
         quic = self._new_quic(configuration=self._client_config)
         link = self._add_link(quic, destination)
-        self.add_cid(quic.host_cid, link)
+        self._add_cid(quic.host_cid, link)
         conn = link.start(peer)
         quic.connect(destination, now=self.loop.time())
         link.transmit()
@@ -520,7 +520,7 @@ class Transport:
         self._admission.add(link.ip)
         return link
 
-    def new_connection(
+    def _new_connection(
         self, link: _Link, expected: PeerId | None, remote_address: Address
     ) -> Connection:
         conn = Connection(
@@ -536,16 +536,16 @@ class Transport:
         conn.set_bulk_handler(self._bulk_handler)
         return conn
 
-    def add_cid(self, cid: bytes, link: _Link) -> None:
+    def _add_cid(self, cid: bytes, link: _Link) -> None:
         self._cids[cid] = link
         link.cids.add(cid)
 
-    def remove_cid(self, cid: bytes) -> None:
+    def _remove_cid(self, cid: bytes) -> None:
         link = self._cids.pop(cid, None)
         if link is not None:
             link.cids.discard(cid)
 
-    def forget(self, link: _Link) -> None:
+    def _forget(self, link: _Link) -> None:
         for cid in link.cids:
             self._cids.pop(cid, None)
         link.cids.clear()
@@ -553,7 +553,7 @@ class Transport:
             self._links.discard(link)
             self._admission.remove(link.ip)
 
-    def sendto(self, data: bytes, address: tuple[object, ...]) -> None:
+    def _sendto(self, data: bytes, address: tuple[object, ...]) -> None:
         """Send one datagram; a full socket buffer drops it (QUIC recovers lost packets)."""
         if self._sock is None or self._sock.fileno() < 0:
             return
@@ -631,7 +631,7 @@ class Transport:
         now = self.loop.time()
         if not token:
             retry_cid = random_bytes(_CID_LENGTH)
-            self.sendto(
+            self._sendto(
                 encode_quic_retry(
                     version=version,
                     source_cid=retry_cid,
@@ -657,7 +657,7 @@ class Transport:
         ip = plain_ip(str(address[0]))
         reason = self._admission.refusal(ip, inbound=True, now=now)
         if reason is not None:
-            self.sendto(_refusal(version, destination_cid, source_cid, reason), address)
+            self._sendto(_refusal(version, destination_cid, source_cid, reason), address)
             return
         quic = self._new_quic(
             configuration=self._server_config,
@@ -665,18 +665,20 @@ class Transport:
             retry_source_connection_id=destination_cid,
         )
         link = self._add_link(quic, address)
-        self.add_cid(destination_cid, link)
-        self.add_cid(quic.host_cid, link)
+        self._add_cid(destination_cid, link)
+        self._add_cid(quic.host_cid, link)
         link.receive(data, address)
         self._dirty.add(link)
 
     # ------------------------------------------------------------------ Observer
 
-    def authenticated(self, conn: Connection) -> None:
+    def connection_authenticated(self, conn: Connection) -> None:
+        """Observer: ``conn`` proved its peer; keep it unless we are closing (or it lost)."""
         if self._closing:
             conn.abort(CloseCode.SHUTDOWN, "transport.shutdown: node shutting down")
         else:
             self._peers.add(conn)
 
-    def closed(self, conn: Connection) -> None:
+    def connection_closed(self, conn: Connection) -> None:
+        """Observer: ``conn`` ended."""
         self._peers.remove(conn)
