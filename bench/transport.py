@@ -6,7 +6,11 @@ peerline and for the raw baseline alike, so the two figures share the same CPU b
 - raw: aioquic's own asyncio API (``serve()`` + ``connect()``, ``StreamReader``/``Writer``),
   one long-lived stream, 4-byte length prefix + 300-byte payload, no Retry, no peer logic.
 - peerline: :class:`node.transport.Transport` with Retry, key pinning, the identity proof,
-  typed msgpack frames, credit flow control and the request/response correlation.
+  typed msgpack frames, credit flow control and the request/response correlation. It owns its
+  socket and reads datagrams in batches, transmitting once per loop turn (aioquic's asyncio
+  transport reads one datagram per wake-up): that is why bulk and frames can beat the ceiling.
+- Each side's figure is its best over alternating rounds (2 quick, 3 full): the machine is
+  shared, and load that hits one round should not decide the ratio.
 
 Targets (from the issue): connect <= 1.5x raw; 300 B frames/s >= 0.8x raw; RTT p50 <= 1.3x
 raw. RTT p99 and bulk MB/s are reported beside raw without a target. This module imports
