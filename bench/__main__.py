@@ -26,8 +26,9 @@ MODULES = (
     "bench.transport",
     "bench.session",
     "bench.feeds",
-    "bench.dht",
+    "bench.discovery",
     "bench.rendezvous",
+    "bench.messaging",
 )
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

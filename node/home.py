@@ -71,12 +71,16 @@ class PublicIdentity:
 def resolve_home(
     explicit: str | os.PathLike[str] | None, env: Mapping[str, str] = os.environ
 ) -> Path:
-    """The home directory to use (it may not exist yet)."""
+    """The home directory to use, always absolute (it may not exist yet).
+
+    Absolute because SQLite URIs and the control socket need it, and because a daemon must not
+    depend on the directory it was started from.
+    """
     if explicit:
-        return Path(explicit).expanduser()
+        return Path(explicit).expanduser().absolute()
     if env.get(HOME_ENV):
-        return Path(env[HOME_ENV]).expanduser()
-    return Path(platformdirs.user_data_dir("peerline"))
+        return Path(env[HOME_ENV]).expanduser().absolute()
+    return Path(platformdirs.user_data_dir("peerline")).absolute()
 
 
 def argon2_params(env: Mapping[str, str] = os.environ) -> Argon2Params:

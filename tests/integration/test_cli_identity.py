@@ -235,3 +235,12 @@ def test_console_script_and_python_m_cli(tmp_path: Path) -> None:
         again = _subprocess(argv, home)
         assert again.returncode == 2 and again.stdout == ""
         assert json.loads(again.stderr)["error"] == "identity.exists"
+
+
+def test_relative_home_is_resolved_against_the_working_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    created = run_json(capsys, "--home", "rel", "init", "--name", "rel")
+    assert Path(created["home"]) == tmp_path / "rel"
+    assert run_json(capsys, "--home", "rel", "id")["peer_id"] == created["peer_id"]

@@ -8,7 +8,7 @@ import random
 import socket
 import ssl
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 import pytest
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration

@@ -70,6 +70,7 @@ PURE_PATTERNS: tuple[str, ...] = (
     "node/framing.py",
     "node/config.py",
     "node/backoff.py",
+    "node/admission.py",
     "node/channel.py",
     "node/replication.py",
     "node/messaging.py",
