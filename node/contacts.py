@@ -1,8 +1,9 @@
 """Contacts, blocking, the acceptance policy and visibility settings, and peer name resolution.
 
 Everything here is queries on the node's :class:`~node.store.Store`; the rules (what a policy
-means, what an invite contains) live in :mod:`node.messaging`. Anywhere the user names a peer,
-:meth:`Contacts.resolve` accepts a PeerId, an alias, an invite link or ``me``.
+means, what an invite contains) live in :mod:`node.messaging` and :mod:`node.invite`. Anywhere
+the user names a peer, :meth:`Contacts.resolve` accepts a PeerId, an alias, an invite link or
+``me``.
 
 Aliases are local nicknames: 1..32 characters of letters, digits, ``-``, ``_`` and ``.``,
 starting with a letter or digit, not ``me`` and not shaped like a PeerId (so a name can never
@@ -19,7 +20,8 @@ from typing import Literal
 
 from node.errors import NotFoundError, UsageError
 from node.identity import PeerId
-from node.messaging import INVITE_PREFIX, POLICIES, Invite, Policy, parse_invite
+from node.invite import INVITE_PREFIX, Invite, parse_invite
+from node.messaging import POLICIES, Policy
 from node.store import Row, Store, WriteOp
 
 __all__ = [

@@ -46,6 +46,7 @@ from node.errors import LocalProtocolError, PeerlineError, UsageError
 from node.history import History, Status
 from node.home import DB_FILE
 from node.identity import Identity, PeerId
+from node.invite import format_invite, make_invite
 from node.lookup import AddressLookup, DhtLookup
 from node.mdns import MdnsDiscovery
 from node.messaging import (
@@ -70,8 +71,6 @@ from node.messaging import (
     check_text,
     check_ttl,
     decide,
-    format_invite,
-    make_invite,
     make_receipt,
     new_message_id,
     parse_hostport,

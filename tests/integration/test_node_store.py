@@ -12,7 +12,8 @@ from node.contacts import Contacts, Target
 from node.errors import NotFoundError, UsageError
 from node.history import History
 from node.identity import Identity
-from node.messaging import ChatText, format_invite, make_invite
+from node.invite import format_invite, make_invite
+from node.messaging import ChatText
 from node.store import Store
 
 _R = random.Random(3)

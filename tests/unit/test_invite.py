@@ -11,13 +11,8 @@ from hypothesis import strategies as st
 
 from node.errors import UsageError
 from node.identity import Identity
-from node.messaging import (
-    INVITE_PREFIX,
-    format_invite,
-    make_invite,
-    parse_hostport,
-    parse_invite,
-)
+from node.invite import INVITE_PREFIX, format_invite, make_invite, parse_invite
+from node.messaging import parse_hostport
 
 _R = random.Random(7)
 ALICE = Identity.generate(_R.randbytes)

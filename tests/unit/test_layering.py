@@ -74,6 +74,7 @@ PURE_PATTERNS: tuple[str, ...] = (
     "node/channel.py",
     "node/replication.py",
     "node/messaging.py",
+    "node/invite.py",
 )
 
 IMPURE_STDLIB = (
