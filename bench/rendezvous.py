@@ -41,7 +41,8 @@ from node.mailbox import MailboxLimits
 from node.transport import Transport
 from rendezvous import protocol as p
 from rendezvous.client import RendezvousClient
-from rendezvous.server import ServeOptions, ServiceConfig, serve
+from rendezvous.process import ServeOptions, serve
+from rendezvous.server import ServiceConfig
 
 CLIENTS = 100
 BATCH = 16

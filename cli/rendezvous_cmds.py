@@ -25,7 +25,8 @@ from node.identity import PeerId
 from node.registry import AccessMode
 from rendezvous import admin
 from rendezvous.metrics import JsonLogFormatter
-from rendezvous.server import ServeOptions, ServiceConfig, planned_address, read_address, serve
+from rendezvous.process import ServeOptions, planned_address, read_address, serve
+from rendezvous.server import ServiceConfig
 
 __all__ = ["parse_duration", "parse_hostport", "rendezvous"]
 

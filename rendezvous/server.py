@@ -3,7 +3,8 @@
 :class:`RendezvousService` is the request handler, independent of QUIC: the transport gives it
 authenticated connections (:meth:`attach`) and it answers each request (:meth:`handle`). The
 rules are the pure machines of :mod:`node.mailbox` and :mod:`node.registry`; this module adds
-the database, the clock, wake-ups, access reloads and metrics. Contracts:
+the database, the clock, wake-ups, access reloads and metrics; :mod:`rendezvous.process` runs
+it as a server process. Contracts:
 
 - The requester is always the connection's authenticated PeerId; mailbox requests naming
   another mailbox are refused (``mailbox.not_owner``), so only the owner lists, fetches or acks.
@@ -21,20 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from node import envelope, records, wire
-from node.config import TransportConfig
-from node.connection import Connection
-from node.errors import ConfigError, PeerlineError, StorageError, UsageError
-from node.home import KEY_FILE, create_identity, load_identity, read_public_identity
+from node.errors import PeerlineError, StorageError
 from node.identity import Identity, PeerId
 from node.mailbox import Accepted, MailboxBook, MailboxLimits, Refused, StoredEnvelope
 from node.registry import (
@@ -49,22 +45,11 @@ from node.registry import (
     PresenceLimits,
 )
 from node.store import Store
-from node.transport import Transport
 from rendezvous import db
 from rendezvous import protocol as p
 from rendezvous.metrics import Metrics
 
-__all__ = [
-    "SERVER_TRANSPORT",
-    "Peer",
-    "RendezvousService",
-    "ServeOptions",
-    "ServiceConfig",
-    "ensure_identity",
-    "planned_address",
-    "read_address",
-    "serve",
-]
+__all__ = ["Peer", "RendezvousService", "ServiceConfig"]
 
 log = logging.getLogger("peerline.rendezvous")
 _NOT_OWNER = "mailbox.not_owner"
@@ -168,7 +153,7 @@ class RendezvousService:
             try:
                 await self._sweep()
             except StorageError as exc:
-                self._event("sweep_failed", logging.WARNING, error=exc.code)
+                self.event("sweep_failed", logging.WARNING, error=exc.code)
 
     async def _sweep(self) -> None:
         """Delete expired envelopes; drop expired registrations and directory entries."""
@@ -177,7 +162,7 @@ class RendezvousService:
         if expired:
             await self.store.write(db.delete_envelopes([e.envelope_id for e in expired]))
             self.metrics.expired.inc(len(expired))
-            self._event("expired", envelopes=len(expired))
+            self.event("expired", envelopes=len(expired))
         self.presence.handle_timer(now)
         self.directory.handle_timer(now)
         self._update_gauges()
@@ -189,7 +174,7 @@ class RendezvousService:
                 if await db.read_version(self.store) != self._access_version:
                     await self._reload_access()
             except StorageError as exc:
-                self._event("access_reload_failed", logging.WARNING, error=exc.code)
+                self.event("access_reload_failed", logging.WARNING, error=exc.code)
 
     async def _reload_access(self) -> None:
         """Re-read the access tables; close live connections the new rules refuse.
@@ -205,7 +190,7 @@ class RendezvousService:
         for session in expelled:
             self._expel(session)
         if expelled:
-            self._event("access_revoked", connections=len(expelled))
+            self.event("access_revoked", connections=len(expelled))
 
     def _expel(self, session: _Session) -> None:
         banned = session.peer.key in self.rules.banned
@@ -226,7 +211,7 @@ class RendezvousService:
         self._sessions[conn] = session
         self._by_mailbox.setdefault(session.mailbox, set()).add(session)
         self.metrics.connections.set(len(self._sessions))
-        self._event("connected", peer=session.peer.text(), address=conn.remote_address)
+        self.event("connected", peer=session.peer.text(), address=conn.remote_address)
 
     def detach(self, conn: Peer) -> None:
         """Forget a connection (closed or expelled). Its registration stays until it expires."""
@@ -272,7 +257,7 @@ class RendezvousService:
 
     def _refuse(self, refusal: Refused) -> p.Refusal:
         self.metrics.refused(refusal.code)
-        self._event("refused", logging.DEBUG, reason=refusal.code)
+        self.event("refused", logging.DEBUG, reason=refusal.code)
         return p.Refusal(refusal.code, refusal.message, refusal.retry_after)
 
     # ------------------------------------------------------------------ access and presence
@@ -411,7 +396,7 @@ class RendezvousService:
                 self.book.remove(entry.mailbox_id, [entry.envelope_id])
             error = None if task.cancelled() else task.exception()
             code = error.code if isinstance(error, PeerlineError) else "cancelled"
-            self._event("deposit_failed", logging.WARNING, error=code)
+            self.event("deposit_failed", logging.WARNING, error=code)
         if not future.done():
             future.set_result(not failed)
 
@@ -537,7 +522,7 @@ class RendezvousService:
         self.metrics.registrations.set(len(self.presence))
         self.metrics.directory_entries.set(len(self.directory))
 
-    def _event(self, event: str, level: int = logging.INFO, **fields: Any) -> None:
+    def event(self, event: str, level: int = logging.INFO, **fields: Any) -> None:
         """Log an event; ``peer``/``address`` fields only appear with ``debug_log``."""
         if not self.config.debug_log:
             fields.pop("peer", None)
@@ -548,140 +533,3 @@ class RendezvousService:
 
 def _directory_item(entry: DirectoryEntry) -> p.DirectoryItem:
     return p.DirectoryItem(entry.kind.value, entry.entry_id, entry.name, entry.description)
-
-
-# --------------------------------------------------------------------------- the process
-
-SERVER_TRANSPORT = TransportConfig(
-    max_connections=20_000,
-    max_connections_per_ip=256,
-    idle_timeout=60.0,
-)
-"""A server holds many more connections than a node; many users may share one NAT address."""
-
-
-@dataclass(frozen=True, slots=True)
-class ServeOptions:
-    """``peerline rendezvous serve``: where the state lives and what to listen on.
-
-    ``advertise`` is the host put into the ADDRESS (default: the listen host, which must then
-    be a concrete IP rather than ``0.0.0.0``/``::``).
-    """
-
-    directory: Path
-    listen: tuple[str, int]
-    service: ServiceConfig = field(default_factory=ServiceConfig)
-    transport: TransportConfig = SERVER_TRANSPORT
-    advertise: str | None = None
-    dht_listen: tuple[str, int] | None = None
-    metrics_listen: tuple[str, int] | None = None
-
-
-async def ensure_identity(directory: Path) -> Identity:
-    """The server's identity in ``directory``, created (unencrypted: it runs unattended) once."""
-    if not (directory / KEY_FILE).exists():
-        await create_identity(directory, "rendezvous", None)
-    return await load_identity(directory, None)
-
-
-async def planned_address(directory: Path, host: str, port: int) -> p.RendezvousAddress:
-    """The ADDRESS a server in ``directory`` will have at ``host:port`` (identity created now)."""
-    if port == 0 or ipaddress.ip_address(host).is_unspecified:
-        raise UsageError("give the concrete IP and port nodes will dial", code="usage.invalid")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    identity = await ensure_identity(directory)
-    return p.RendezvousAddress(identity.peer_id, host, port)
-
-
-async def read_address(directory: Path) -> p.RendezvousAddress:
-    """The ADDRESS the server in ``directory`` announced when it last started."""
-    public = await read_public_identity(directory)
-    if not (directory / db.DB_FILE).exists():
-        raise UsageError(
-            f"the server in {directory} has never been started", code="rendezvous.never_served"
-        )
-    async with db.open_db(directory) as store:
-        text = await db.read_setting(store, "address")
-    if text is None:
-        raise UsageError(
-            f"the server in {directory} has never been started", code="rendezvous.never_served"
-        )
-    address = p.RendezvousAddress.parse(text)
-    if address.peer_id != public.peer_id:
-        raise StorageError("the stored address names another identity", code="rendezvous.corrupt")
-    return address
-
-
-async def _start_dht(
-    stack: contextlib.AsyncExitStack, identity: Identity, listen: tuple[str, int]
-) -> str:
-    """A full (serving) DHT node others bootstrap from; returns its ``host:port``.
-
-    Imported here so a server without ``--dht-listen`` never loads the DHT stack.
-    """
-    from dht.node import DhtConfig, DhtNode, node_id_for  # noqa: PLC0415
-    from dht.values import PeerRecordValidator  # noqa: PLC0415
-
-    dht = DhtNode(
-        DhtConfig(host=listen[0], port=listen[1]),
-        PeerRecordValidator(),
-        node_id=node_id_for(identity.peer_id),
-    )
-    await stack.enter_async_context(dht)
-    host, port = dht.address
-    return f"{host}:{port}"
-
-
-def _attach(service: RendezvousService, conn: Connection) -> None:
-    service.attach(conn)
-    conn.closed.add_done_callback(lambda _: service.detach(conn))
-
-
-async def serve(
-    options: ServeOptions, on_ready: Callable[[dict[str, object]], None], stop: asyncio.Event
-) -> None:
-    """Run a server until ``stop`` is set, then close connections and the database cleanly."""
-    if options.advertise is None and ipaddress.ip_address(options.listen[0]).is_unspecified:
-        raise UsageError(
-            "listening on all interfaces: give --advertise HOST (the address nodes dial)",
-            code="usage.invalid",
-        )
-    options.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    identity = await ensure_identity(options.directory)
-    metrics = Metrics()
-    async with contextlib.AsyncExitStack() as stack:
-        stack.enter_context(db.serve_lock(options.directory))
-        store = await stack.enter_async_context(db.open_db(options.directory))
-        service = RendezvousService(identity, store, options.service, metrics=metrics)
-        await stack.enter_async_context(service.run())
-        transport = Transport(identity, options.transport)
-        transport.set_handler(service.handle)
-        transport.on_connection(lambda conn: _attach(service, conn))
-        try:
-            await transport.start(*options.listen)
-        except OSError as exc:
-            host, port = options.listen
-            raise ConfigError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                code="rendezvous.listen",
-            ) from None
-        stack.push_async_callback(transport.aclose)
-        host, port = transport.address
-        address = p.RendezvousAddress(identity.peer_id, options.advertise or host, port)
-        await store.write([db.set_setting("address", address.text())])
-        info: dict[str, object] = {
-            "event": "ready",
-            "address": address.text(),
-            "peer_id": identity.peer_id.text(),
-            "mode": options.service.mode.value,
-        }
-        if options.dht_listen is not None:
-            info["dht"] = await _start_dht(stack, identity, options.dht_listen)
-        if options.metrics_listen is not None:
-            metrics_port = metrics.serve(*options.metrics_listen)
-            stack.callback(metrics.close)
-            info["metrics"] = f"{options.metrics_listen[0]}:{metrics_port}"
-        service._event("ready", mode=options.service.mode.value)
-        on_ready(info)
-        await stop.wait()
-        service._event("stopping", connections=service.connected)

@@ -12,12 +12,12 @@ from cli.main import main
 from node.errors import UsageError
 from node.identity import Identity
 from rendezvous import admin, db
+from rendezvous.process import ServeOptions, serve
 from rendezvous.protocol import (
     RendezvousAddress,
     invite_token_text,
     parse_invite_token,
 )
-from rendezvous.server import ServeOptions, serve
 
 
 def started(directory: Path) -> dict[str, object]:

@@ -23,6 +23,7 @@ from node.registry import AccessMode
 from node.transport import Transport
 from rendezvous import admin
 from rendezvous.client import RendezvousClient
+from rendezvous.process import ServeOptions, read_address, serve
 from rendezvous.protocol import (
     Deposit,
     Deposited,
@@ -31,7 +32,7 @@ from rendezvous.protocol import (
     Wake,
     parse_invite_token,
 )
-from rendezvous.server import ServeOptions, ServiceConfig, read_address, serve
+from rendezvous.server import ServiceConfig
 
 
 @dataclass
