@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import sqlite3
 import time
@@ -91,13 +92,21 @@ class _Unit:
     future: asyncio.Future[None] = field(repr=False)
 
 
+_DISK_FULL = frozenset({"SQLITE_FULL", "SQLITE_IOERR_SHMSIZE"})
+"""SQLite names of a full disk: the WAL index (``-shm``) cannot grow on a full filesystem."""
+
+
+def _is_enospc(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
+
 def map_error(exc: BaseException) -> PeerlineError:
     """Translate a ``sqlite3`` (or parameter) exception into our hierarchy."""
     if isinstance(exc, PeerlineError):
         return exc
     name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
     text = f"{name}: {exc}"
-    if name == "SQLITE_FULL" or "database or disk is full" in str(exc):
+    if name in _DISK_FULL or "database or disk is full" in str(exc) or _is_enospc(exc):
         return StorageFullError(f"storage full ({text})")
     if isinstance(exc, sqlite3.IntegrityError):
         return StorageConstraintError(f"constraint violated ({text})")

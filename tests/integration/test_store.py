@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -269,3 +271,11 @@ async def test_close_on_error_path_and_process_exits(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "closed"
+
+
+def test_full_disk_errors_map_to_storage_full() -> None:
+    shm = sqlite3.OperationalError("disk I/O error")
+    shm.sqlite_errorname = "SQLITE_IOERR_SHMSIZE"
+    enospc = OSError(errno.ENOSPC, "No space left on device")
+    for exc in (shm, enospc):
+        assert isinstance(node.store.map_error(exc), StorageFullError)
