@@ -1,5 +1,7 @@
-"""peerline cli package."""
+"""The ``peerline`` command: parse, call the public API, print (text or ``--json``)."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from cli.main import cli, main
+
+__all__ = ["cli", "main"]
