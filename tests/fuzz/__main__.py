@@ -53,8 +53,8 @@ def mutate(rng: random.Random, pool: list[bytes]) -> bytes:
     return bytes(data[:MAX_INPUT])
 
 
-def is_expected(exc: BaseException) -> bool:
-    return isinstance(exc, PeerlineError) and exc.fault == "remote"
+def is_expected(exc: BaseException, faults: frozenset[str] = frozenset({"remote"})) -> bool:
+    return isinstance(exc, PeerlineError) and exc.fault in faults
 
 
 def save_crasher(target: str, data: bytes) -> Path:
@@ -79,7 +79,7 @@ def campaign(target: Target, count: int, seed: int) -> dict[str, float]:
             if len(pool) < 256 and rng.random() < 0.01:
                 pool.append(data)
         except Exception as exc:
-            if is_expected(exc):
+            if is_expected(exc, target.faults):
                 refused += 1
             else:
                 crashes += 1
