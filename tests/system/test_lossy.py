@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.system.impair import Impairment, ImpairProxy
-from tests.system.test_messaging import (
+from tests.system.procs import (
     NodeProcess,
     cli,
     cli_json,

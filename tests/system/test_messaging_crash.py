@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from node.errors import PeerlineError
-from tests.system.test_messaging import (
+from tests.system.procs import (
     NodeProcess,
     cli,
     cli_json,

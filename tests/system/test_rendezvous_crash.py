@@ -12,7 +12,6 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,63 +23,9 @@ from node.identity import Identity
 from node.transport import Transport
 from rendezvous.client import RendezvousClient
 from rendezvous.protocol import RendezvousAddress, parse_invite_token
+from tests.system.procs import REPO, rendezvous
 
 pytestmark = pytest.mark.system
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-class ServerProcess:
-    def __init__(self, directory: Path, listen: str, *extra: str) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cli",
-                "--json",
-                "rendezvous",
-                "serve",
-                "--data",
-                str(directory),
-                "--listen",
-                listen,
-                *extra,
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self.info: dict[str, str] = {}
-
-    async def ready(self) -> dict[str, str]:
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), 30)
-        self.info = json.loads(line)
-        assert self.info["event"] == "ready"
-        return self.info
-
-    def stop(self, sig: int) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
-
-    def stderr(self) -> str:
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read().decode()
-
-
-@contextlib.asynccontextmanager
-async def server(directory: Path, listen: str, *extra: str) -> AsyncIterator[ServerProcess]:
-    process = ServerProcess(directory, listen, *extra)
-    try:
-        await process.ready()
-        yield process
-    finally:
-        if process.proc.poll() is None:
-            process.stop(signal.SIGKILL)
-        for stream in (process.proc.stdout, process.proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def sealed(owner: Identity, n: int) -> bytes:
@@ -106,7 +51,7 @@ async def deposit_load(
 async def test_kill9_during_deposits_loses_no_receipted_envelope(tmp_path: Path) -> None:
     owner = Identity.generate()
     receipted: set[bytes] = set()
-    async with server(tmp_path / "rv", "127.0.0.1:0") as first:
+    async with rendezvous(tmp_path / "rv") as first:
         address = RendezvousAddress.parse(first.info["address"])
         load = [
             asyncio.create_task(deposit_load(address, owner, receipted, i * 10_000, 10_000))
@@ -115,6 +60,7 @@ async def test_kill9_during_deposits_loses_no_receipted_envelope(tmp_path: Path)
         deadline = time.monotonic() + 30
         while len(receipted) < 300 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        assert first.proc is not None
         first.proc.kill()  # kill -9 in the middle of the load
         first.proc.wait(timeout=10)
         before_kill = len(receipted)
@@ -124,7 +70,7 @@ async def test_kill9_during_deposits_loses_no_receipted_envelope(tmp_path: Path)
         assert all(isinstance(r, PeerlineError | asyncio.CancelledError) for r in results)
     assert before_kill >= 300
     listen = f"{address.host}:{address.port}"
-    async with server(tmp_path / "rv", listen) as second:
+    async with rendezvous(tmp_path / "rv", listen=listen) as second:
         assert second.info["address"] == address.text()
         delivered: Counter[bytes] = Counter()
 
@@ -144,7 +90,7 @@ async def test_kill9_during_deposits_loses_no_receipted_envelope(tmp_path: Path)
 
 async def test_sigterm_metrics_and_logs_without_identifiers(tmp_path: Path) -> None:
     owner = Identity.generate()
-    async with server(tmp_path / "rv", "127.0.0.1:0", "--metrics", "127.0.0.1:0") as process:
+    async with rendezvous(tmp_path / "rv", "--metrics", "127.0.0.1:0") as process:
         address = RendezvousAddress.parse(process.info["address"])
         async with Transport(Identity.generate()) as transport:
             client = RendezvousClient(transport, address, timeout=5.0)
@@ -194,7 +140,7 @@ def admin_cli(directory: Path, *args: str) -> dict[str, object]:
 
 async def test_invite_and_ban_by_admin_processes_beside_a_running_server(tmp_path: Path) -> None:
     data = tmp_path / "rv"
-    async with server(data, "127.0.0.1:0", "--mode", "invite") as process:
+    async with rendezvous(data, "--mode", "invite") as process:
         address = RendezvousAddress.parse(process.info["address"])
         token = str((await asyncio.to_thread(admin_cli, data, "invite", "create"))["invite"])
         alice = Identity.generate()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.test_messaging import NodeProcess, cli, cli_json, make_home, processes
+from tests.system.procs import NodeProcess, cli, cli_json, make_home, processes
 
 pytestmark = pytest.mark.system
 
