@@ -10,6 +10,7 @@ forwards to the new one. Every datagram of the connection, both ways, crosses th
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,11 @@ async def test_messages_survive_5pct_loss_and_50ms_delay_exactly_once_in_order(
                 seen = await states(alice, "bob")
                 return len(seen) == MESSAGES and set(seen) <= {"delivered", "read"}
 
-            await wait_for(all_delivered, f"{MESSAGES} receipts through the lossy link", 90)
+            try:
+                await wait_for(all_delivered, f"{MESSAGES} receipts through the lossy link", 90)
+            except AssertionError as exc:  # say where delivery stopped, not only that it did
+                counts = Counter(await states(alice, "bob"))
+                raise AssertionError(f"{exc}; sender states: {dict(counts)}") from None
             elapsed = time.monotonic() - started_at
             received = history(bob_home, "alice", limit=MESSAGES)
             assert [m["id"] for m in received] == ids, elapsed  # none lost, none twice, in order
