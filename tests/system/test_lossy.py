@@ -50,6 +50,7 @@ async def states(node: NodeProcess, peer: str) -> list[str]:
             return out
 
 
+@pytest.mark.timeout(360)
 async def test_messages_survive_5pct_loss_and_50ms_delay_exactly_once_in_order(
     tmp_path: Path,
 ) -> None:
@@ -82,7 +83,7 @@ async def test_messages_survive_5pct_loss_and_50ms_delay_exactly_once_in_order(
                 return len(seen) == MESSAGES and set(seen) <= {"delivered", "read"}
 
             try:
-                await wait_for(all_delivered, f"{MESSAGES} receipts through the lossy link", 90)
+                await wait_for(all_delivered, f"{MESSAGES} receipts through the lossy link", 240)
             except AssertionError as exc:  # say where delivery stopped, not only that it did
                 counts = Counter(await states(alice, "bob"))
                 raise AssertionError(f"{exc}; sender states: {dict(counts)}") from None

@@ -25,6 +25,8 @@ from tests.system.procs import (
 
 pytestmark = pytest.mark.system
 
+RECEIPT_DEADLINE = 240.0
+
 
 # --------------------------------------------------------------------------- tests
 
@@ -59,6 +61,7 @@ async def test_two_nodes_find_each_other_by_mdns_and_chat_both_ways(tmp_path: Pa
         assert alice.stop() == 0 and bob.stop() == 0
 
 
+@pytest.mark.timeout(360)
 async def test_mailbox_delivers_100_messages_exactly_once_in_order(tmp_path: Path) -> None:
     alice_home, bob_home = make_home(tmp_path, "alice"), make_home(tmp_path, "bob")
     async with rendezvous(tmp_path / "rv") as server:
@@ -86,7 +89,9 @@ async def test_mailbox_delivers_100_messages_exactly_once_in_order(tmp_path: Pat
                 page = await alice.call("history", peer="bob", limit=100)
                 return all(m["state"] == "delivered" for m in page["messages"])
 
-            await wait_for(all_delivered, "100 receipts")
+            # Receipts are best effort; a lost one is recovered by the sender's retry, which
+            # backs off (up to 5 min): allow several rounds before calling it a stall.
+            await wait_for(all_delivered, "100 receipts", RECEIPT_DEADLINE)
             received = history(bob_home, alice.peer_id)
             assert [m["id"] for m in received] == ids
             assert [m["text"] for m in received] == [f"m{i:03d}" for i in range(100)]
