@@ -25,7 +25,7 @@ from node.connection import Connection
 from node.errors import DialError, LimitExceededError, OperationTimeoutError, PeerlineError
 from node.identity import Identity
 from node.transport import ALPN, Transport, _CappedQuicConnection
-from tests.integration.test_transport import FAST, Blob, Note, Spy, running
+from tests.integration.transport_kit import FAST, Blob, Note, Spy, running
 
 pytestmark = pytest.mark.integration
 

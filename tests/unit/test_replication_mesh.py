@@ -6,7 +6,7 @@ import random
 
 from node.feeds import Chunk, FeedState, FeedWriter
 from node.replication import Data, EquivocationDetected, PeerFlagged
-from tests.unit.test_replication import FEED, WRITER, Channel, Link, Peer, Sim, write
+from tests.unit.replication_sim import FEED, WRITER, Channel, Link, Peer, Sim, write
 
 
 def mesh(

@@ -19,7 +19,7 @@ from node.replication import (
     ReplicationSession,
     Want,
 )
-from tests.unit.test_replication import FEED, FEED_2, SECOND, WRITER, Net, Peer, write
+from tests.unit.replication_sim import FEED, FEED_2, SECOND, WRITER, Net, Peer, write
 
 OURS = write(96, per_chunk=4)
 THEIRS = write(60, per_chunk=4, identity=SECOND, feed=FEED_2)
