@@ -254,7 +254,7 @@ class RetryPolicy:
     (no receipt, no result) before it counts as failed and the backoff delay starts.
     """
 
-    backoff: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=300.0))
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=30.0))
     ack_timeout: float = 10.0
 
     def delay(self, attempts: int, rng: Rng) -> float:

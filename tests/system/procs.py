@@ -24,7 +24,7 @@ from node import control
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PEERLINE_ARGON2": "fast"}
-DEADLINE = 60.0
+DEADLINE = 120.0
 
 
 def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,7 @@ import pytest
 
 from tests.system.netlab import NetLab, run_ip
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = 3

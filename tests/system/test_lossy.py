@@ -26,7 +26,7 @@ from tests.system.procs import (
     wait_for,
 )
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 MESSAGES = 1000
 LINK = Impairment(loss=0.05, delay=0.05)

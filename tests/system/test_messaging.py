@@ -23,7 +23,7 @@ from tests.system.procs import (
     wait_for,
 )
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 RECEIPT_DEADLINE = 240.0
 

@@ -22,7 +22,7 @@ from tests.system.procs import (
     wait_for,
 )
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 BURST = 1000
 

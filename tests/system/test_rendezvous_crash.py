@@ -25,7 +25,7 @@ from rendezvous.client import RendezvousClient
 from rendezvous.protocol import RendezvousAddress, parse_invite_token
 from tests.system.procs import REPO, rendezvous
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 
 def sealed(owner: Identity, n: int) -> bytes:

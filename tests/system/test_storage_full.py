@@ -22,7 +22,7 @@ import pytest
 
 from tests.system.procs import NodeProcess, cli, cli_json, make_home, processes
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 SIZE = "16m"
 
